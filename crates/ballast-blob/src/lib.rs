@@ -1,0 +1,142 @@
+//! Artifact storage: content-addressed blobs with a streaming hash on the way in and
+//! verification on the way out.
+//!
+//! A blob is stored under its SHA-256. Writes stream into a temporary file that is hashed as it
+//! grows, checked against the client's expected digest, fsynced, renamed into place and made
+//! durable with a directory fsync; a failed write leaves nothing behind. Reads are verified: a
+//! whole-blob read holds back its last piece until the digest matches, and a range read checks
+//! every 4 MiB chunk it touches against a per-blob chunk index built from verified bytes. Bytes
+//! that fail verification are moved to `quarantine/` and reported as corrupt, never served.
+
+mod local;
+
+pub use local::LocalBlobStore;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use ballast_core::{ErrorCode, Sha256Digest};
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A stream of bytes coming in (an upload) or going out (a download).
+pub type ByteStream<E> = Pin<Box<dyn Stream<Item = Result<Bytes, E>> + Send>>;
+
+/// An error of an incoming stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A blob that was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What a client announced about an upload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOptions {
+    /// The digest the bytes must have.
+    pub expected_digest: Option<Sha256Digest>,
+    /// The length the bytes must have (e.g. `Content-Length`).
+    pub expected_size: Option<u64>,
+    /// The most bytes accepted.
+    pub max_size: u64,
+}
+
+/// The outcome of checking a stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The bytes match the digest.
+    Ok {
+        /// Size in bytes.
+        size: u64,
+    },
+    /// The blob is not stored.
+    Missing,
+    /// The bytes do not match; they were quarantined.
+    Corrupt,
+}
+
+/// A failed blob operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The blob is not stored.
+    #[error("blob {0} is not stored")]
+    NotFound(Sha256Digest),
+    /// The uploaded bytes hash to something else than announced.
+    #[error("the uploaded bytes have digest {actual}, not the expected {expected}; nothing was stored")]
+    DigestMismatch {
+        /// Announced.
+        expected: Sha256Digest,
+        /// Computed.
+        actual: Sha256Digest,
+    },
+    /// The upload ended early.
+    #[error("the upload ended after {received} of {expected} bytes; nothing was stored")]
+    Incomplete {
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The upload is larger than allowed.
+    #[error("the upload is larger than the limit of {limit} bytes; nothing was stored")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The client's stream failed mid-way.
+    #[error("the upload failed mid-way ({0}); nothing was stored")]
+    Client(String),
+    /// Stored bytes failed verification.
+    #[error("blob {0} is corrupt on disk (its bytes do not match its digest); it was quarantined")]
+    Corrupt(Sha256Digest),
+    /// The requested range is outside the blob.
+    #[error("range {start}-{end} is outside the blob of {size} bytes")]
+    Range {
+        /// First byte asked.
+        start: u64,
+        /// Last byte asked (inclusive).
+        end: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// The storage failed.
+    #[error("blob storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BlobError {
+    /// The API error code for this failure.
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BlobError::NotFound(_) => ErrorCode::NotFound,
+            BlobError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+            BlobError::Incomplete { .. } | BlobError::Client(_) => ErrorCode::IncompleteUpload,
+            BlobError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            BlobError::Corrupt(_) => ErrorCode::BlobCorrupt,
+            BlobError::Range { .. } => ErrorCode::RangeNotSatisfiable,
+            BlobError::Io(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Content-addressed blob storage. One implementation per backend.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Stores the bytes of `body`, returning their digest and size once durable.
+    async fn put(&self, body: ByteStream<BoxError>, opts: PutOptions) -> Result<StoredBlob, BlobError>;
+    /// The size of a stored blob, if it is stored.
+    async fn stat(&self, digest: Sha256Digest) -> Result<Option<u64>, BlobError>;
+    /// Streams the blob, or the inclusive byte range `range` of it, verifying as it goes.
+    async fn get(
+        &self,
+        digest: Sha256Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<(u64, ByteStream<BlobError>), BlobError>;
+    /// Reads the whole blob and checks it against its digest (quarantining it when corrupt).
+    async fn verify(&self, digest: Sha256Digest) -> Result<Verified, BlobError>;
+}

@@ -1,0 +1,558 @@
+//! Blobs on the local file system:
+//!
+//! ```text
+//! <root>/sha256/ab/abcdef…         the blob
+//! <root>/chunks/ab/abcdef…         SHA-256 of each 4 MiB chunk, built from verified bytes
+//! <root>/tmp/                      uploads in progress (emptied on open)
+//! <root>/quarantine/abcdef….<ts>   bytes that failed verification
+//! ```
+
+use std::io::{ErrorKind, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use ballast_core::Sha256Digest;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::{BlobError, BlobStore, BoxError, ByteStream, PutOptions, StoredBlob, Verified};
+
+/// Size of the chunks that range reads verify.
+pub const CHUNK: u64 = 4 * 1024 * 1024;
+/// Size of the pieces whole-blob reads send.
+const READ_PIECE: usize = 256 * 1024;
+/// Bytes gathered before each write of an upload.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// Blobs in a directory.
+#[derive(Debug, Clone)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+fn fan_out(root: &Path, kind: &str, d: &Sha256Digest) -> PathBuf {
+    let hex = d.to_hex();
+    root.join(kind).join(&hex[..2]).join(hex)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes the temporary file unless it was renamed into place.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl LocalBlobStore {
+    /// Opens the store in `root`, creating its directories and removing leftovers of
+    /// interrupted uploads.
+    ///
+    /// # Errors
+    /// When the directories cannot be created.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        for d in ["sha256", "chunks", "tmp", "quarantine"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(Self { root })
+    }
+
+    /// Where the blob lives (for tests and repair tools).
+    #[must_use]
+    pub fn blob_path(&self, d: &Sha256Digest) -> PathBuf {
+        fan_out(&self.root, "sha256", d)
+    }
+
+    /// Moves corrupt bytes aside so they are never served again, and drops their chunk index.
+    async fn quarantine(&self, d: &Sha256Digest) {
+        let from = self.blob_path(d);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_millis())
+            .unwrap_or(0);
+        let to = self
+            .root
+            .join("quarantine")
+            .join(format!("{}.{stamp}", d.to_hex()));
+        match tokio::fs::rename(&from, &to).await {
+            Ok(()) => {
+                tracing::error!(blob = %d, quarantined = %to.display(), "blob failed verification and was quarantined")
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(blob = %d, error = %e, "blob failed verification and could not be quarantined")
+            }
+        }
+        let _ = tokio::fs::remove_file(fan_out(&self.root, "chunks", d)).await;
+    }
+
+    /// Reads the chunk index, building it from a full verified pass when it is missing or
+    /// malformed.
+    async fn chunk_index(&self, d: &Sha256Digest, size: u64) -> Result<Vec<[u8; 32]>, BlobError> {
+        let want = usize::try_from(size.div_ceil(CHUNK)).unwrap_or(usize::MAX);
+        let path = fan_out(&self.root, "chunks", d);
+        if let Ok(raw) = tokio::fs::read(&path).await {
+            if raw.len() == want.saturating_mul(32) {
+                return Ok(raw
+                    .chunks_exact(32)
+                    .map(|c| <[u8; 32]>::try_from(c).unwrap_or([0; 32]))
+                    .collect());
+            }
+        }
+        let mut file = tokio::fs::File::open(self.blob_path(d)).await?;
+        let mut whole = Sha256::new();
+        let mut index = Vec::with_capacity(want);
+        let mut buf = vec![0u8; usize::try_from(CHUNK).unwrap_or(4 << 20)];
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            whole.update(&buf[..n]);
+            index.push(Sha256::digest(&buf[..n]).into());
+            total += n as u64;
+        }
+        if total != size || Sha256Digest::from_bytes(whole.finalize().into()) != *d {
+            self.quarantine(d).await;
+            return Err(BlobError::Corrupt(*d));
+        }
+        let flat: Vec<u8> = index.iter().flatten().copied().collect();
+        write_atomically(&self.root, &path, &flat).await?;
+        Ok(index)
+    }
+}
+
+/// Fills `buf` as far as the file allows; returns the bytes read (0 at the end).
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = file.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+async fn write_atomically(root: &Path, dest: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = root
+        .join("tmp")
+        .join(format!("idx-{:016x}", rand::random::<u64>()));
+    let guard = TempFile(Some(tmp.clone()));
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    f.write_all(data).await?;
+    f.sync_all().await?;
+    drop(f);
+    let dir = dest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.to_path_buf());
+    tokio::fs::create_dir_all(&dir).await?;
+    tokio::fs::rename(&tmp, dest).await?;
+    std::mem::forget(guard);
+    tokio::task::spawn_blocking(move || sync_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn put(&self, mut body: ByteStream<BoxError>, opts: PutOptions) -> Result<StoredBlob, BlobError> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("up-{:016x}", rand::random::<u64>()));
+        let mut guard = TempFile(Some(tmp.clone()));
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut pending = BytesMut::with_capacity(WRITE_BUFFER);
+        let limit = opts.expected_size.map_or(opts.max_size, |s| s.min(opts.max_size));
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| BlobError::Client(e.to_string()))?;
+            size += piece.len() as u64;
+            if size > limit {
+                return Err(match opts.expected_size {
+                    Some(s) if s < opts.max_size => {
+                        BlobError::Client(format!("more than the announced {s} bytes were sent"))
+                    }
+                    _ => BlobError::TooLarge { limit: opts.max_size },
+                });
+            }
+            hasher.update(&piece);
+            pending.extend_from_slice(&piece);
+            if pending.len() >= WRITE_BUFFER {
+                file.write_all(&pending).await?;
+                pending.clear();
+            }
+        }
+        file.write_all(&pending).await?;
+        if let Some(expected) = opts.expected_size {
+            if size != expected {
+                return Err(BlobError::Incomplete {
+                    received: size,
+                    expected,
+                });
+            }
+        }
+        let digest = Sha256Digest::from_bytes(hasher.finalize().into());
+        if let Some(expected) = opts.expected_digest {
+            if expected != digest {
+                return Err(BlobError::DigestMismatch {
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        file.sync_all().await?;
+        drop(file);
+        let dest = self.blob_path(&digest);
+        let dir = dest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await?;
+        // Renaming over an existing copy is safe (same digest) and repairs a damaged one.
+        tokio::fs::rename(&tmp, &dest).await?;
+        guard.0 = None;
+        tokio::task::spawn_blocking(move || sync_dir(&dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(StoredBlob { digest, size })
+    }
+
+    async fn stat(&self, digest: Sha256Digest) -> Result<Option<u64>, BlobError> {
+        match tokio::fs::metadata(self.blob_path(&digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(
+        &self,
+        digest: Sha256Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<(u64, ByteStream<BlobError>), BlobError> {
+        let path = self.blob_path(&digest);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::NotFound(digest)),
+            Err(e) => return Err(e.into()),
+        };
+        let size = file.metadata().await?.len();
+        let store = self.clone();
+        match range {
+            None => {
+                let stream = async_stream_whole(store, digest, file, size);
+                Ok((size, stream))
+            }
+            Some((start, end)) => {
+                if start > end || end >= size {
+                    return Err(BlobError::Range { start, end, size });
+                }
+                let index = self.chunk_index(&digest, size).await?;
+                let first = start / CHUNK;
+                file.seek(SeekFrom::Start(first * CHUNK)).await?;
+                let stream = async_stream_range(store, digest, file, index, start, end);
+                Ok((end - start + 1, stream))
+            }
+        }
+    }
+
+    async fn verify(&self, digest: Sha256Digest) -> Result<Verified, BlobError> {
+        let Some(size) = self.stat(digest).await? else {
+            return Ok(Verified::Missing);
+        };
+        let _ = tokio::fs::remove_file(fan_out(&self.root, "chunks", &digest)).await;
+        match self.chunk_index(&digest, size).await {
+            Ok(_) => Ok(Verified::Ok { size }),
+            Err(BlobError::Corrupt(_)) => Ok(Verified::Corrupt),
+            Err(BlobError::Io(e)) if e.kind() == ErrorKind::NotFound => Ok(Verified::Missing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Streams a whole blob, hashing as it goes and holding back the last piece until the digest is
+/// confirmed, so a corrupt blob never reaches the client complete.
+fn async_stream_whole(
+    store: LocalBlobStore,
+    digest: Sha256Digest,
+    file: tokio::fs::File,
+    size: u64,
+) -> ByteStream<BlobError> {
+    struct State {
+        store: LocalBlobStore,
+        digest: Sha256Digest,
+        file: tokio::fs::File,
+        hasher: Sha256,
+        held: Option<Bytes>,
+        seen: u64,
+        size: u64,
+        done: bool,
+    }
+    let state = State {
+        store,
+        digest,
+        file,
+        hasher: Sha256::new(),
+        held: None,
+        seen: 0,
+        size,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let mut buf = vec![0u8; READ_PIECE];
+            let n = match read_full(&mut st.file, &mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(BlobError::Io(e)), st));
+                }
+            };
+            if n == 0 {
+                st.done = true;
+                let actual = Sha256Digest::from_bytes(std::mem::take(&mut st.hasher).finalize().into());
+                if actual != st.digest || st.seen != st.size {
+                    st.store.quarantine(&st.digest).await;
+                    return Some((Err(BlobError::Corrupt(st.digest)), st));
+                }
+                return st.held.take().map(|b| (Ok(b), st));
+            }
+            buf.truncate(n);
+            st.hasher.update(&buf);
+            st.seen += n as u64;
+            if let Some(prev) = st.held.replace(Bytes::from(buf)) {
+                return Some((Ok(prev), st));
+            }
+        }
+    }))
+}
+
+/// Streams the inclusive range `start..=end`, verifying every chunk it touches before sending
+/// any of its bytes.
+fn async_stream_range(
+    store: LocalBlobStore,
+    digest: Sha256Digest,
+    file: tokio::fs::File,
+    index: Vec<[u8; 32]>,
+    start: u64,
+    end: u64,
+) -> ByteStream<BlobError> {
+    struct State {
+        store: LocalBlobStore,
+        digest: Sha256Digest,
+        file: tokio::fs::File,
+        index: Vec<[u8; 32]>,
+        chunk: u64,
+        start: u64,
+        end: u64,
+        done: bool,
+    }
+    let state = State {
+        store,
+        digest,
+        file,
+        index,
+        chunk: start / CHUNK,
+        start,
+        end,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done || st.chunk * CHUNK > st.end {
+            return None;
+        }
+        let mut buf = vec![0u8; usize::try_from(CHUNK).unwrap_or(4 << 20)];
+        let n = match read_full(&mut st.file, &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                st.done = true;
+                return Some((Err(BlobError::Io(e)), st));
+            }
+        };
+        buf.truncate(n);
+        let want = usize::try_from(st.chunk).ok().and_then(|i| st.index.get(i));
+        let got: [u8; 32] = Sha256::digest(&buf).into();
+        if want != Some(&got) {
+            st.done = true;
+            st.store.quarantine(&st.digest).await;
+            return Some((Err(BlobError::Corrupt(st.digest)), st));
+        }
+        let base = st.chunk * CHUNK;
+        let from = usize::try_from(st.start.saturating_sub(base)).unwrap_or(0);
+        let to = usize::try_from((st.end + 1 - base).min(n as u64)).unwrap_or(n);
+        st.chunk += 1;
+        let piece = Bytes::from(buf).slice(from.min(to)..to);
+        Some((Ok(piece), st))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: Vec<Vec<u8>>) -> ByteStream<BoxError> {
+        Box::pin(futures_util::stream::iter(
+            parts.into_iter().map(|p| Ok(Bytes::from(p))),
+        ))
+    }
+
+    async fn collect(s: ByteStream<BlobError>) -> Result<Vec<u8>, BlobError> {
+        let mut out = Vec::new();
+        let mut s = s;
+        while let Some(p) = s.next().await {
+            out.extend_from_slice(&p?);
+        }
+        Ok(out)
+    }
+
+    fn opts() -> PutOptions {
+        PutOptions {
+            max_size: u64::MAX,
+            ..PutOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_range_and_corruption() -> Result<(), BlobError> {
+        let dir = tempfile::tempdir()?;
+        let store = LocalBlobStore::open(dir.path())?;
+        let data: Vec<u8> = (0..(CHUNK as usize * 2 + 1234))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let b = store
+            .put(body(vec![data[..1000].to_vec(), data[1000..].to_vec()]), opts())
+            .await?;
+        assert_eq!(b.digest, Sha256Digest::of(&data));
+        assert_eq!(store.stat(b.digest).await?, Some(data.len() as u64));
+        let (len, s) = store.get(b.digest, None).await?;
+        assert_eq!(len, data.len() as u64);
+        assert_eq!(collect(s).await?, data);
+        for (a, z) in [
+            (0, 0),
+            (5, CHUNK + 10),
+            (CHUNK - 1, CHUNK),
+            (CHUNK * 2, data.len() as u64 - 1),
+        ] {
+            let (len, s) = store.get(b.digest, Some((a, z))).await?;
+            assert_eq!(len, z - a + 1);
+            assert_eq!(collect(s).await?, data[a as usize..=z as usize].to_vec());
+        }
+        assert!(matches!(
+            store.get(b.digest, Some((0, data.len() as u64))).await,
+            Err(BlobError::Range { .. })
+        ));
+
+        // Corrupt one byte: a whole read fails before its end, a range read of the damaged
+        // chunk fails, and the blob is quarantined.
+        let path = store.blob_path(&b.digest);
+        let mut bytes = std::fs::read(&path)?;
+        bytes[CHUNK as usize + 7] ^= 1;
+        std::fs::write(&path, &bytes)?;
+        let (_, s) = store.get(b.digest, None).await?;
+        let mut s = s;
+        let mut received = 0usize;
+        let mut failed = false;
+        while let Some(p) = s.next().await {
+            match p {
+                Ok(p) => received += p.len(),
+                Err(e) => {
+                    assert!(matches!(e, BlobError::Corrupt(_)));
+                    failed = true;
+                }
+            }
+        }
+        assert!(failed && received < data.len());
+        assert_eq!(store.stat(b.digest).await?, None);
+        assert_eq!(store.verify(b.digest).await?, Verified::Missing);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_uploads_leave_nothing() -> Result<(), BlobError> {
+        let dir = tempfile::tempdir()?;
+        let store = LocalBlobStore::open(dir.path())?;
+        let wrong = Sha256Digest::of(b"other");
+        let r = store
+            .put(
+                body(vec![b"hello".to_vec()]),
+                PutOptions {
+                    expected_digest: Some(wrong),
+                    ..opts()
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(BlobError::DigestMismatch { .. })));
+        let r = store
+            .put(
+                body(vec![b"hello".to_vec()]),
+                PutOptions {
+                    expected_size: Some(10),
+                    ..opts()
+                },
+            )
+            .await;
+        assert!(matches!(
+            r,
+            Err(BlobError::Incomplete {
+                received: 5,
+                expected: 10
+            })
+        ));
+        let r = store
+            .put(
+                body(vec![b"hello".to_vec()]),
+                PutOptions {
+                    max_size: 3,
+                    ..opts()
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(BlobError::TooLarge { .. })));
+        let failing: ByteStream<BoxError> = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err::<Bytes, BoxError>("connection reset".into()),
+        ]));
+        assert!(matches!(
+            store.put(failing, opts()).await,
+            Err(BlobError::Client(_))
+        ));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        assert_eq!(store.stat(Sha256Digest::of(b"hello")).await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn verify_detects_corruption_and_reupload_repairs() -> Result<(), BlobError> {
+        let dir = tempfile::tempdir()?;
+        let store = LocalBlobStore::open(dir.path())?;
+        let b = store.put(body(vec![b"weights".to_vec()]), opts()).await?;
+        assert_eq!(store.verify(b.digest).await?, Verified::Ok { size: 7 });
+        std::fs::write(store.blob_path(&b.digest), b"weightz")?;
+        assert_eq!(store.verify(b.digest).await?, Verified::Corrupt);
+        assert_eq!(std::fs::read_dir(dir.path().join("quarantine"))?.count(), 1);
+        store.put(body(vec![b"weights".to_vec()]), opts()).await?;
+        assert_eq!(store.verify(b.digest).await?, Verified::Ok { size: 7 });
+        Ok(())
+    }
+}

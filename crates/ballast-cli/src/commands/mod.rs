@@ -1,0 +1,52 @@
+//! One module per command group; each takes the parsed arguments and a [`Ctx`] and does the
+//! work through `ballast-client` (or, for `server`, through `ballast-server`).
+
+pub mod alias;
+pub mod audit;
+pub mod model;
+pub mod pull;
+pub mod push;
+pub mod server;
+pub mod version;
+
+use std::process::ExitCode;
+
+use ballast_client::Client;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+
+/// What every client command needs.
+pub struct Ctx {
+    /// The registry client.
+    pub client: Client,
+    /// Print JSON instead of tables.
+    pub json: bool,
+}
+
+impl Ctx {
+    fn new(global: &GlobalArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: Client::new(&global.url, global.token.clone(), global.actor.clone())?,
+            json: global.json,
+        })
+    }
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command reports; the caller prints it.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    let ctx = || Ctx::new(&global);
+    match cli.command {
+        Command::Server(args) => server::run(args, global.json).await?,
+        Command::Model(cmd) => model::run(&ctx()?, cmd).await?,
+        Command::Version(cmd) => version::run(&ctx()?, cmd).await?,
+        Command::Alias(cmd) => alias::run(&ctx()?, cmd).await?,
+        Command::Push(args) => push::run(&ctx()?, args).await?,
+        Command::Pull(args) => pull::run(&ctx()?, args).await?,
+        Command::Audit(cmd) => audit::run(&ctx()?, cmd).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

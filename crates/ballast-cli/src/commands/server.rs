@@ -1,0 +1,176 @@
+//! `ballast server`: loads the layered configuration (defaults < `ballast.toml` < `BALLAST_*`
+//! environment < flags), binds, says where it listens and where the data lives, and serves
+//! until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use ballast_server::{Config, Server};
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::ServerArgs;
+use crate::output;
+
+/// The configuration file read from the current directory when `--config` is not given.
+const DEFAULT_CONFIG_FILE: &str = "ballast.toml";
+
+/// `BALLAST_*` variables that configure the CLI, not the server.
+const CLIENT_ENV: [&str; 5] = ["url", "token", "actor", "log_format", "config"];
+
+/// Flags that override everything else; absent ones leave the layers below alone.
+#[derive(Debug, Default, Serialize)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Builds the configuration from its layers.
+fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
+    let file = match &args.config {
+        Some(path) => {
+            if !path.is_file() {
+                bail!(
+                    "the configuration file {} does not exist (given with --config or BALLAST_CONFIG)",
+                    path.display()
+                );
+            }
+            path.clone()
+        }
+        None => PathBuf::from(DEFAULT_CONFIG_FILE),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+    };
+    Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::file(&file))
+        .merge(env)
+        .merge(Serialized::defaults(overrides))
+        .extract::<Config>()
+        .map_err(|e| {
+            let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!(
+                "invalid server configuration: {}; see `ballast server --help` for the settings",
+                all.join("; ")
+            )
+        })
+}
+
+/// The server's environment layer: `BALLAST_<FIELD>`, minus the CLI's own variables.
+fn server_env() -> Env {
+    Env::prefixed("BALLAST_").ignore(&CLIENT_ENV)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutdown requested");
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path)))
+}
+
+/// Runs the server until a shutdown signal.
+///
+/// # Errors
+/// Bad configuration, an unusable data directory, or an address that cannot be bound.
+pub async fn run(args: ServerArgs, json: bool) -> anyhow::Result<()> {
+    let config = load_config(&args, server_env())?;
+    let data_dir = config.data_dir.clone();
+    let listen = config.listen;
+    let shutdown = shutdown_signal()?;
+    let server = Server::bind(config).await.with_context(|| {
+        format!(
+            "cannot start the server on {listen} with data in {} (change them with --listen / BALLAST_LISTEN and --data-dir / BALLAST_DATA_DIR)",
+            data_dir.display()
+        )
+    })?;
+    let addr = server.local_addr().context("cannot read the bound address")?;
+    let data_dir = absolute(&data_dir);
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), "ballast server ready");
+    if json {
+        output::json(&serde_json::json!({
+            "listen": addr.to_string(),
+            "url": format!("http://{addr}"),
+            "data_dir": data_dir.display().to_string(),
+        }))?;
+    } else {
+        outln!(
+            "ballast server listening on http://{addr} (data in {})",
+            data_dir.display()
+        );
+    }
+    server
+        .serve(shutdown)
+        .await
+        .context("the server stopped with an error")?;
+    tracing::info!("ballast server stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("BALLAST_TEST_NOTHING_SET_HERE_")
+    }
+
+    fn args(config: Option<PathBuf>) -> ServerArgs {
+        ServerArgs {
+            listen: None,
+            data_dir: None,
+            config,
+        }
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9999\"\nmax_upload_bytes = 1000\n")
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = load_config(&args(Some(file.clone())), no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.max_upload_bytes, 1000);
+        assert_eq!(c.default_actor, Config::default().default_actor);
+
+        let mut a = args(Some(file));
+        a.listen = Some("127.0.0.1:0".parse().unwrap_or_else(|e| unreachable!("{e}")));
+        a.data_dir = Some(PathBuf::from("/srv/ballast"));
+        let c = load_config(&a, no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/ballast"));
+        assert_eq!(c.max_upload_bytes, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_explicit_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "listn = \"127.0.0.1:1\"\n").unwrap_or_else(|e| unreachable!("{e}"));
+        let err = load_config(&args(Some(file)), no_env())
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(err.unwrap_or_default().contains("listn"));
+
+        let err = load_config(&args(Some(dir.path().join("missing.toml"))), no_env())
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(err.unwrap_or_default().contains("does not exist"));
+    }
+}

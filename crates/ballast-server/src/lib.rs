@@ -1,0 +1,97 @@
+//! The Ballast registry server (control plane): the `/v1` HTTP API over a metadata [`Store`]
+//! and a [`BlobStore`], with metrics, health endpoints and the OpenAPI document.
+//!
+//! [`Server::bind`] opens the storage and binds the listener (so tests can use port 0 and read
+//! the bound address); [`Server::serve`] runs until the shutdown future resolves, then drains
+//! in-flight requests and closes the store cleanly.
+
+pub mod api;
+mod config;
+mod error;
+pub mod governance;
+mod metrics;
+mod openapi;
+mod state;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_blob::LocalBlobStore;
+use ballast_store::{SqliteStore, Store};
+
+/// A bound, not yet serving, registry server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    grace: Duration,
+}
+
+impl Server {
+    /// Opens the data directory and binds the listen address.
+    ///
+    /// # Errors
+    /// When the data directory cannot be created or opened, or the address cannot be bound.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let db = config.data_dir.join("ballast.db");
+        let store = SqliteStore::open(&db)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {}", db.display(), e.message))?;
+        let blobs = LocalBlobStore::open(config.data_dir.join("blobs"))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let state = AppState::new(config, Arc::new(store) as Arc<dyn Store>, Arc::new(blobs));
+        Ok(Self {
+            listener,
+            state,
+            grace,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// (up to the grace period) and closes the store.
+    ///
+    /// # Errors
+    /// When the listener fails.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let app = api::router(self.state.clone());
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = self.grace;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = drained_tx.send(());
+        });
+        let drain_timeout = async move {
+            let _ = drained_rx.await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = served => r?,
+            () = drain_timeout => tracing::warn!("in-flight requests did not finish within the grace period"),
+        }
+        self.state.store.close().await;
+        tracing::info!("store closed");
+        Ok(())
+    }
+}

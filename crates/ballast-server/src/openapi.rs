@@ -1,0 +1,338 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`: schemas derived from the wire types,
+//! operations from one route table, and the error-code table.
+
+use std::sync::OnceLock;
+
+use ballast_api::{
+    Alias, AttachFile, AuditEntry, AuditList, BlobInfo, CreateModel, CreateVersion, ErrorBody, ErrorDetail,
+    FileEntry, Lineage, Model, ModelList, Resources, Rollback, SealVersion, SetAlias, SetStage, StageChange,
+    UpdateModel, UpdateVersion, Version, VersionList, VersionMetadata, VersionState,
+};
+use ballast_core::ErrorCode;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ballast registry API",
+        description = "Fail-safe model registry: models, versions, artifacts, stages, aliases, audit."
+    ),
+    components(schemas(
+        Alias,
+        AttachFile,
+        AuditEntry,
+        AuditList,
+        BlobInfo,
+        CreateModel,
+        CreateVersion,
+        ErrorBody,
+        ErrorDetail,
+        FileEntry,
+        Lineage,
+        Model,
+        ModelList,
+        Resources,
+        Rollback,
+        SealVersion,
+        SetAlias,
+        SetStage,
+        StageChange,
+        UpdateModel,
+        UpdateVersion,
+        Version,
+        VersionList,
+        VersionMetadata,
+        VersionState
+    ))
+)]
+struct Schemas;
+
+/// One operation: method, path, summary, request schema, success status and schema.
+struct Op(
+    HttpMethod,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+);
+
+const M: &str = "/v1/models/{ns}/{model}";
+
+fn table() -> Vec<Op> {
+    use HttpMethod::{Delete, Get, Head, Patch, Post, Put};
+    let v = format!("{M}/versions/{{n}}");
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    vec![
+        Op(Get, "/healthz", "Liveness", None, "200", None),
+        Op(Get, "/readyz", "Readiness: the store answers", None, "200", None),
+        Op(Get, "/metrics", "Prometheus metrics", None, "200", None),
+        Op(
+            Post,
+            "/v1/models",
+            "Create a model",
+            Some("CreateModel"),
+            "201",
+            Some("Model"),
+        ),
+        Op(
+            Get,
+            "/v1/models",
+            "List models (query: namespace, prefix, tag=k[=v], limit, cursor)",
+            None,
+            "200",
+            Some("ModelList"),
+        ),
+        Op(Get, M, "Get a model", None, "200", Some("Model")),
+        Op(
+            Patch,
+            M,
+            "Update a model's description or tags (If-Match)",
+            Some("UpdateModel"),
+            "200",
+            Some("Model"),
+        ),
+        Op(
+            Delete,
+            M,
+            "Delete a model (refused while a version is in staging or production)",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/versions")),
+            "Create a draft version",
+            Some("CreateVersion"),
+            "201",
+            Some("Version"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/versions")),
+            "List or search versions (query: stage, tag, metric, state, order_by, order, limit, cursor)",
+            None,
+            "200",
+            Some("VersionList"),
+        ),
+        Op(
+            Get,
+            leak(v.clone()),
+            "Get a version",
+            None,
+            "200",
+            Some("Version"),
+        ),
+        Op(
+            Patch,
+            leak(v.clone()),
+            "Replace a draft's metadata or change tags (If-Match)",
+            Some("UpdateVersion"),
+            "200",
+            Some("Version"),
+        ),
+        Op(
+            Put,
+            leak(format!("{v}/files/{{path}}")),
+            "Upload a file (raw bytes, streamed; x-ballast-sha256 checked)",
+            None,
+            "201",
+            Some("FileEntry"),
+        ),
+        Op(
+            Get,
+            leak(format!("{v}/files/{{path}}")),
+            "Download a file (verified; Range supported)",
+            None,
+            "200",
+            None,
+        ),
+        Op(
+            Head,
+            leak(format!("{v}/files/{{path}}")),
+            "File size and digest",
+            None,
+            "200",
+            None,
+        ),
+        Op(
+            Delete,
+            leak(format!("{v}/files/{{path}}")),
+            "Remove a file from a draft",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Post,
+            leak(format!("{v}/files")),
+            "Attach a blob the server already holds",
+            Some("AttachFile"),
+            "201",
+            Some("FileEntry"),
+        ),
+        Op(
+            Get,
+            leak(format!("{v}/manifest")),
+            "The version's manifest and digest",
+            None,
+            "200",
+            None,
+        ),
+        Op(
+            Post,
+            leak(format!("{v}/seal")),
+            "Seal a draft",
+            Some("SealVersion"),
+            "200",
+            Some("Version"),
+        ),
+        Op(
+            Post,
+            leak(format!("{v}/stage")),
+            "Move a version to a stage (If-Match)",
+            Some("SetStage"),
+            "200",
+            Some("StageChange"),
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/rollback")),
+            "Restore the previous production version",
+            Some("Rollback"),
+            "200",
+            Some("StageChange"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/stages/{{stage}}")),
+            "The version in a stage",
+            None,
+            "200",
+            Some("Version"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/aliases/{{alias}}")),
+            "Get an alias",
+            None,
+            "200",
+            Some("Alias"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/aliases/{{alias}}/version")),
+            "Resolve an alias to its version",
+            None,
+            "200",
+            Some("Version"),
+        ),
+        Op(
+            Put,
+            leak(format!("{M}/aliases/{{alias}}")),
+            "Set or move an alias (If-Match / If-None-Match)",
+            Some("SetAlias"),
+            "200",
+            Some("Alias"),
+        ),
+        Op(
+            Delete,
+            leak(format!("{M}/aliases/{{alias}}")),
+            "Delete an alias (If-Match)",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Get,
+            "/v1/blobs/sha256/{digest}",
+            "Whether the server holds a blob",
+            None,
+            "200",
+            Some("BlobInfo"),
+        ),
+        Op(
+            Get,
+            "/v1/audit",
+            "The audit trail (query: after, model, actor, action, limit)",
+            None,
+            "200",
+            Some("AuditList"),
+        ),
+        Op(
+            Get,
+            "/v1/audit/verify",
+            "Recompute the audit hash chain",
+            None,
+            "200",
+            None,
+        ),
+        Op(Get, "/v1/openapi.json", "This document", None, "200", None),
+    ]
+}
+
+fn method_name(m: &HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::Get => "get",
+        HttpMethod::Put => "put",
+        HttpMethod::Post => "post",
+        HttpMethod::Delete => "delete",
+        HttpMethod::Head => "head",
+        HttpMethod::Patch => "patch",
+        HttpMethod::Options => "options",
+        HttpMethod::Trace => "trace",
+    }
+}
+
+fn json_ref(name: &str) -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(name)))
+        .build()
+}
+
+/// The document, rendered once.
+pub fn document() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = Schemas::openapi();
+        let codes: Vec<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| format!("`{}` → {}", c.as_str(), c.http_status()))
+            .collect();
+        doc.info.description = Some(format!(
+            "Fail-safe model registry. Errors answer `ErrorBody` with one of these codes: {}. Mutations accept `Idempotency-Key`; `x-ballast-actor` names the actor.",
+            codes.join(", ")
+        ));
+        for Op(method, path, summary, req, status, resp) in table() {
+            let mut op = OperationBuilder::new()
+                .summary(Some(summary))
+                .operation_id(Some(format!("{}{}", method_name(&method), path.replace(['/', '{', '}', '.'], "_"))));
+            for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                op = op.parameter(
+                    ParameterBuilder::new()
+                        .name(seg.trim_matches(|c| c == '{' || c == '}'))
+                        .parameter_in(ParameterIn::Path)
+                        .required(Required::True)
+                        .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String))),
+                );
+            }
+            if let Some(r) = req {
+                op = op.request_body(Some(RequestBodyBuilder::new().content("application/json", json_ref(r)).build()));
+            }
+            let mut ok = ResponseBuilder::new().description("success");
+            if let Some(r) = resp {
+                ok = ok.content("application/json", json_ref(r));
+            }
+            op = op
+                .response(status, ok.build())
+                .response("default", ResponseBuilder::new().description("error").content("application/json", json_ref("ErrorBody")).build());
+            doc.paths.add_path_operation(path, vec![method], op.build());
+        }
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+    })
+    .clone()
+}

@@ -1,0 +1,36 @@
+//! Shared state of the server's handlers.
+
+use std::sync::Arc;
+
+use ballast_blob::BlobStore;
+use ballast_store::Store;
+
+use crate::config::Config;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Metadata.
+    pub store: Arc<dyn Store>,
+    /// Artifacts.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Prometheus exposition.
+    pub metrics: crate::metrics::Metrics,
+    /// Decides on moves into gated stages.
+    pub gate: Arc<dyn crate::governance::TransitionGate>,
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(config: Config, store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self {
+            config: Arc::new(config),
+            store,
+            blobs,
+            metrics: crate::metrics::Metrics::install(),
+            gate: Arc::new(crate::governance::OpenGate),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Black-box tests of the registry server over HTTP: one binary, one module per area, each test
+//! on its own server (`app::spawn_app`) with a fresh data directory.
+
+mod app;
+mod bad_input;
+mod concurrency;
+mod downloads;
+mod durability;
+mod idempotency;
+mod lifecycle;
+mod listing;

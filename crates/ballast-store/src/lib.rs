@@ -1,0 +1,137 @@
+//! Metadata storage: the [`Store`] trait that the server talks to, and its embedded SQLite
+//! implementation.
+//!
+//! Every mutation takes a [`Ctx`] (who, which request, optional idempotency key) and commits its
+//! state change, its audit entry and its outbox event in one transaction, or none of them. A
+//! reply means the transaction is durable (SQLite WAL with `synchronous=FULL`).
+
+mod error;
+pub mod sqlite;
+mod types;
+
+pub use error::{StoreError, StoreResult};
+pub use sqlite::SqliteStore;
+pub use types::{
+    AuditFilter, Ctx, Idempotency, MetricFilter, ModelFilter, Precondition, StoreStats, VersionFilter,
+    VersionOrder,
+};
+
+use async_trait::async_trait;
+use ballast_api::{
+    Alias, AuditList, CreateModel, CreateVersion, FileEntry, Model, ModelList, StageChange, UpdateModel,
+    UpdateVersion, Version, VersionList,
+};
+use ballast_core::{ModelName, Sha256Digest, Stage};
+
+/// The registry's metadata store. One implementation per backend; all pass the same tests.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a model.
+    async fn create_model(&self, ctx: &Ctx, req: CreateModel) -> StoreResult<Model>;
+    /// Reads a model.
+    async fn get_model(&self, name: &ModelName) -> StoreResult<Model>;
+    /// Lists models by name, one page at a time.
+    async fn list_models(&self, filter: ModelFilter) -> StoreResult<ModelList>;
+    /// Changes a model's description or tags.
+    async fn update_model(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        req: UpdateModel,
+        pre: Precondition,
+    ) -> StoreResult<Model>;
+    /// Deletes a model with all its versions; refused while a version is in staging or production.
+    async fn delete_model(&self, ctx: &Ctx, name: &ModelName, pre: Precondition) -> StoreResult<()>;
+
+    /// Creates a draft version with the next number.
+    async fn create_version(&self, ctx: &Ctx, name: &ModelName, req: CreateVersion) -> StoreResult<Version>;
+    /// Reads a version.
+    async fn get_version(&self, name: &ModelName, number: u64) -> StoreResult<Version>;
+    /// Lists or searches a model's versions.
+    async fn list_versions(&self, name: &ModelName, filter: VersionFilter) -> StoreResult<VersionList>;
+    /// Replaces a draft's metadata and/or changes tags.
+    async fn update_version(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        number: u64,
+        req: UpdateVersion,
+        pre: Precondition,
+    ) -> StoreResult<Version>;
+    /// Records a file of a draft whose blob is already stored (replacing the same path).
+    async fn put_file(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        number: u64,
+        file: FileEntry,
+    ) -> StoreResult<FileEntry>;
+    /// Removes a file from a draft.
+    async fn delete_file(&self, ctx: &Ctx, name: &ModelName, number: u64, path: &str) -> StoreResult<()>;
+    /// Seals a draft: computes its manifest digest and makes files and metadata immutable.
+    async fn seal_version(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        number: u64,
+        expected: Option<Sha256Digest>,
+    ) -> StoreResult<Version>;
+    /// Moves a version to a stage (the governance hook has already run). Promotion to production
+    /// demotes the previous production version in the same transaction.
+    async fn set_stage(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        number: u64,
+        stage: Stage,
+        comment: Option<String>,
+        pre: Precondition,
+    ) -> StoreResult<StageChange>;
+    /// Restores the production version that the current one replaced.
+    async fn rollback(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        comment: Option<String>,
+    ) -> StoreResult<StageChange>;
+    /// The version currently in `stage` (for staging/development/archived: the newest one).
+    async fn version_in_stage(&self, name: &ModelName, stage: Stage) -> StoreResult<Version>;
+
+    /// Creates or moves an alias.
+    async fn set_alias(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        alias: &str,
+        version: u64,
+        pre: Precondition,
+    ) -> StoreResult<Alias>;
+    /// Reads an alias.
+    async fn get_alias(&self, name: &ModelName, alias: &str) -> StoreResult<Alias>;
+    /// Deletes an alias.
+    async fn delete_alias(
+        &self,
+        ctx: &Ctx,
+        name: &ModelName,
+        alias: &str,
+        pre: Precondition,
+    ) -> StoreResult<()>;
+
+    /// Whether any version references the blob, and its recorded size.
+    async fn blob_size(&self, digest: Sha256Digest) -> StoreResult<Option<u64>>;
+    /// Every blob digest referenced by a version (for integrity checks).
+    async fn referenced_blobs(&self) -> StoreResult<Vec<(Sha256Digest, u64)>>;
+
+    /// Reads the audit trail.
+    async fn list_audit(&self, filter: AuditFilter) -> StoreResult<AuditList>;
+    /// Recomputes the audit hash chain; returns the number of entries checked, or the id of the
+    /// first entry that does not match.
+    async fn verify_audit(&self) -> StoreResult<Result<u64, u64>>;
+
+    /// Counts for metrics and status.
+    async fn stats(&self) -> StoreResult<StoreStats>;
+    /// Whether the store answers (for readiness).
+    async fn ping(&self) -> StoreResult<()>;
+    /// Finishes queued writes and closes the database cleanly.
+    async fn close(&self);
+}

@@ -1,0 +1,794 @@
+//! Mutations. Each runs inside the writer's transaction (in its own savepoint) and records its
+//! audit entry and outbox event there too, so the change, its trail and its event are atomic.
+
+use ballast_api::{
+    Alias, CreateModel, CreateVersion, FileEntry, Model, StageChange, Tags, UpdateModel, UpdateVersion,
+    Version, VersionMetadata,
+};
+use ballast_core::{
+    name::{validate_tag_value, MAX_TAG_KEY_LEN},
+    validate_alias, validate_artifact_path, validate_tag_key, ErrorCode, Manifest, ManifestEntry, ModelName,
+    Sha256Digest, Stage,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::query::{self, audit_hash, model_id, now, to_i64, to_u64};
+use crate::{Ctx, Idempotency, Precondition, StoreError, StoreResult};
+
+const MAX_DESCRIPTION: usize = 64 * 1024;
+const MAX_MODEL_CARD: usize = 1024 * 1024;
+const MAX_TAGS: usize = 256;
+const MAX_METADATA_JSON: usize = 4 * 1024 * 1024;
+
+fn invalid(field: &str, message: impl Into<String>) -> StoreError {
+    StoreError {
+        code: ErrorCode::InvalidArgument,
+        message: message.into(),
+        field: Some(field.into()),
+    }
+}
+
+fn conflict(message: impl Into<String>) -> StoreError {
+    StoreError::new(ErrorCode::Conflict, message)
+}
+
+/// Runs `op` unless this key already recorded a result for this actor.
+pub(super) fn with_idempotency<T, F>(
+    conn: &Connection,
+    actor: &str,
+    idem: &Idempotency,
+    op: F,
+) -> StoreResult<T>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(&Connection) -> StoreResult<T>,
+{
+    let seen: Option<(String, String)> = conn
+        .prepare_cached("SELECT fingerprint, result FROM idempotency WHERE actor = ?1 AND key = ?2")?
+        .query_row(params![actor, idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((fingerprint, result)) = seen {
+        if fingerprint != idem.fingerprint {
+            return Err(StoreError {
+                code: ErrorCode::IdempotencyKeyReused,
+                message: format!(
+                    "Idempotency-Key {:?} was already used for a different request; use a new key for a new request",
+                    idem.key
+                ),
+                field: Some("Idempotency-Key".into()),
+            });
+        }
+        return Ok(serde_json::from_str(&result)?);
+    }
+    let out = op(conn)?;
+    conn.prepare_cached(
+        "INSERT INTO idempotency (actor, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        actor,
+        idem.key,
+        idem.fingerprint,
+        serde_json::to_string(&out)?,
+        now()
+    ])?;
+    Ok(out)
+}
+
+/// Appends the audit entry (hash-chained) and the outbox event of a change.
+fn record(
+    conn: &Connection,
+    ctx: &Ctx,
+    action: &str,
+    target: &str,
+    before: &Value,
+    after: &Value,
+) -> StoreResult<()> {
+    let at = now();
+    let prev: String = conn
+        .prepare_cached("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    let id: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM audit")?
+        .query_row([], |r| r.get(0))?;
+    let (before_s, after_s) = (before.to_string(), after.to_string());
+    let hash = audit_hash(
+        &prev,
+        [
+            &id.to_string(),
+            &at,
+            &ctx.actor,
+            action,
+            target,
+            &before_s,
+            &after_s,
+            &ctx.request_id,
+        ],
+    );
+    conn.prepare_cached(
+        "INSERT INTO audit (id, at, actor, action, target, before, after, request_id, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        id,
+        at,
+        ctx.actor,
+        action,
+        target,
+        before_s,
+        after_s,
+        ctx.request_id,
+        prev,
+        hash
+    ])?;
+    let payload = json!({ "target": target, "before": before, "after": after, "request_id": ctx.request_id, "audit_id": id });
+    conn.prepare_cached(
+        "INSERT INTO outbox (at, type, actor, subject, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![at, action, ctx.actor, target, payload.to_string()])?;
+    Ok(())
+}
+
+fn check_pre(pre: Precondition, current: Option<u64>, what: &str) -> StoreResult<()> {
+    let failed = |msg: String| {
+        Err(StoreError {
+            code: ErrorCode::PreconditionFailed,
+            message: msg,
+            field: Some("If-Match".into()),
+        })
+    };
+    match (pre, current) {
+        (Precondition::None, _) | (Precondition::Exists, Some(_)) | (Precondition::Absent, None) => Ok(()),
+        (Precondition::Revision(want), Some(have)) if want == have => Ok(()),
+        (Precondition::Revision(want), Some(have)) => failed(format!(
+            "{what} changed: If-Match asked for revision {want} but it is at revision {have}; read it again and retry"
+        )),
+        (Precondition::Revision(_) | Precondition::Exists, None) => {
+            failed(format!("{what} does not exist, so If-Match cannot hold"))
+        }
+        (Precondition::Absent, Some(have)) => {
+            failed(format!("{what} already exists (revision {have}) and If-None-Match: * was given"))
+        }
+    }
+}
+
+fn validate_tags(tags: &Tags) -> StoreResult<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(invalid("tags", format!("at most {MAX_TAGS} tags are allowed")));
+    }
+    for (k, v) in tags {
+        validate_tag_key(k)?;
+        validate_tag_value(k, v)?;
+    }
+    Ok(())
+}
+
+fn apply_tag_changes(tags: &mut Tags, set: &Tags, remove: &[String]) -> StoreResult<()> {
+    for k in remove {
+        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN {
+            return Err(invalid("remove_tags", format!("invalid tag key {k:?}")));
+        }
+        tags.remove(k);
+    }
+    for (k, v) in set {
+        tags.insert(k.clone(), v.clone());
+    }
+    validate_tags(tags)
+}
+
+fn validate_description(d: &str) -> StoreResult<()> {
+    if d.len() > MAX_DESCRIPTION {
+        return Err(invalid(
+            "description",
+            format!("descriptions are at most {MAX_DESCRIPTION} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_metadata(conn: &Connection, model: i64, number: u64, m: &VersionMetadata) -> StoreResult<()> {
+    validate_description(&m.description)?;
+    if m.model_card.as_ref().is_some_and(|c| c.len() > MAX_MODEL_CARD) {
+        return Err(invalid("metadata.model_card", "model cards are at most 1 MiB"));
+    }
+    for (k, v) in &m.metrics {
+        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN {
+            return Err(invalid(
+                "metadata.metrics",
+                format!("invalid metric name {k:?}: 1-{MAX_TAG_KEY_LEN} bytes"),
+            ));
+        }
+        if !v.is_finite() {
+            return Err(invalid(
+                "metadata.metrics",
+                format!("metric {k:?} must be a finite number"),
+            ));
+        }
+    }
+    if let Some(p) = m.lineage.parent_version {
+        if p == 0 || p >= number {
+            return Err(invalid(
+                "metadata.lineage.parent_version",
+                format!("parent_version {p} must be an earlier version of this model (1..{number})"),
+            ));
+        }
+        let exists: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM versions WHERE model_id = ?1 AND number = ?2")?
+            .query_row(params![model, to_i64(p)], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Err(invalid(
+                "metadata.lineage.parent_version",
+                format!("parent version {p} does not exist"),
+            ));
+        }
+    }
+    if serde_json::to_vec(m)?.len() > MAX_METADATA_JSON {
+        return Err(StoreError {
+            code: ErrorCode::PayloadTooLarge,
+            message: "version metadata is at most 4 MiB of JSON".into(),
+            field: Some("metadata".into()),
+        });
+    }
+    Ok(())
+}
+
+fn model_json(m: &Model) -> Value {
+    json!({ "description": m.description, "tags": m.tags, "revision": m.revision })
+}
+
+pub(super) fn create_model(conn: &Connection, ctx: &Ctx, req: &CreateModel) -> StoreResult<Model> {
+    let name = ModelName::parse(&req.name)?;
+    validate_description(&req.description)?;
+    validate_tags(&req.tags)?;
+    let at = now();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO models (namespace, name, description, tags, created_by, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            name.namespace(),
+            name.model(),
+            req.description,
+            serde_json::to_string(&req.tags)?,
+            ctx.actor,
+            at
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError {
+            code: ErrorCode::AlreadyExists,
+            message: format!("model {name} already exists"),
+            field: Some("name".into()),
+        });
+    }
+    let id = conn.last_insert_rowid();
+    let m = query::load_model(conn, id)?;
+    record(conn, ctx, "model.create", &m.name, &Value::Null, &model_json(&m))?;
+    Ok(m)
+}
+
+pub(super) fn update_model(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    req: &UpdateModel,
+    pre: Precondition,
+) -> StoreResult<Model> {
+    let id = model_id(conn, name)?;
+    let before = query::load_model(conn, id)?;
+    check_pre(pre, Some(before.revision), &format!("model {name}"))?;
+    let description = req
+        .description
+        .clone()
+        .unwrap_or_else(|| before.description.clone());
+    validate_description(&description)?;
+    let mut tags = before.tags.clone();
+    apply_tag_changes(&mut tags, &req.set_tags, &req.remove_tags)?;
+    conn.prepare_cached(
+        "UPDATE models SET description = ?2, tags = ?3, updated_at = ?4, revision = revision + 1 WHERE id = ?1",
+    )?
+    .execute(params![id, description, serde_json::to_string(&tags)?, now()])?;
+    let after = query::load_model(conn, id)?;
+    record(
+        conn,
+        ctx,
+        "model.update",
+        &after.name,
+        &model_json(&before),
+        &model_json(&after),
+    )?;
+    Ok(after)
+}
+
+pub(super) fn delete_model(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    pre: Precondition,
+) -> StoreResult<()> {
+    let id = model_id(conn, name)?;
+    let before = query::load_model(conn, id)?;
+    check_pre(pre, Some(before.revision), &format!("model {name}"))?;
+    let live: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT number, stage FROM versions WHERE model_id = ?1 AND stage IN ('staging', 'production') ORDER BY number",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if !live.is_empty() {
+        let list: Vec<String> = live.iter().map(|(n, s)| format!("{n} ({s})")).collect();
+        return Err(conflict(format!(
+            "model {name} has versions in staging or production: {}; archive them first",
+            list.join(", ")
+        )));
+    }
+    conn.prepare_cached("DELETE FROM models WHERE id = ?1")?
+        .execute([id])?;
+    record(
+        conn,
+        ctx,
+        "model.delete",
+        &before.name,
+        &model_json(&before),
+        &Value::Null,
+    )?;
+    Ok(())
+}
+
+struct VersionRow {
+    sealed: bool,
+    stage: Stage,
+    revision: u64,
+}
+
+fn version_row(conn: &Connection, id: i64, name: &ModelName, number: u64) -> StoreResult<VersionRow> {
+    let row: Option<(bool, String, i64)> = conn
+        .prepare_cached("SELECT sealed, stage, revision FROM versions WHERE model_id = ?1 AND number = ?2")?
+        .query_row(params![id, to_i64(number)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let (sealed, stage, revision) =
+        row.ok_or_else(|| StoreError::not_found(format!("version {number} of {name}")))?;
+    Ok(VersionRow {
+        sealed,
+        stage: query::parse_stage(&stage)?,
+        revision: to_u64(revision),
+    })
+}
+
+pub(super) fn create_version(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    req: &CreateVersion,
+) -> StoreResult<Version> {
+    let id = model_id(conn, name)?;
+    let number: i64 = conn
+        .prepare_cached(
+            "UPDATE models SET latest_version = latest_version + 1 WHERE id = ?1 RETURNING latest_version",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    let number = to_u64(number);
+    validate_metadata(conn, id, number, &req.metadata)?;
+    validate_tags(&req.tags)?;
+    let at = now();
+    conn.prepare_cached(
+        "INSERT INTO versions (model_id, number, metadata, tags, created_by, created_at, stage_changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?
+    .execute(params![
+        id,
+        to_i64(number),
+        serde_json::to_string(&req.metadata)?,
+        serde_json::to_string(&req.tags)?,
+        ctx.actor,
+        at
+    ])?;
+    let v = query::load_version(conn, id, name, number)?;
+    record(
+        conn,
+        ctx,
+        "version.create",
+        &format!("{name}/{number}"),
+        &Value::Null,
+        &json!({ "metadata": v.metadata, "tags": v.tags }),
+    )?;
+    Ok(v)
+}
+
+pub(super) fn update_version(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    number: u64,
+    req: &UpdateVersion,
+    pre: Precondition,
+) -> StoreResult<Version> {
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    check_pre(pre, Some(row.revision), &format!("version {number} of {name}"))?;
+    let before = query::load_version(conn, id, name, number)?;
+    let mut metadata = before.metadata.clone();
+    if let Some(m) = &req.metadata {
+        if row.sealed {
+            return Err(conflict(format!(
+                "version {number} of {name} is sealed: its metadata is immutable; create a new version instead"
+            )));
+        }
+        validate_metadata(conn, id, number, m)?;
+        metadata = m.clone();
+    }
+    let mut tags = before.tags.clone();
+    apply_tag_changes(&mut tags, &req.set_tags, &req.remove_tags)?;
+    conn.prepare_cached(
+        "UPDATE versions SET metadata = ?3, tags = ?4, revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
+    )?
+    .execute(params![id, to_i64(number), serde_json::to_string(&metadata)?, serde_json::to_string(&tags)?])?;
+    let after = query::load_version(conn, id, name, number)?;
+    record(
+        conn,
+        ctx,
+        "version.update",
+        &format!("{name}/{number}"),
+        &json!({ "metadata": before.metadata, "tags": before.tags }),
+        &json!({ "metadata": after.metadata, "tags": after.tags }),
+    )?;
+    Ok(after)
+}
+
+fn require_draft(row: &VersionRow, name: &ModelName, number: u64) -> StoreResult<()> {
+    if row.sealed {
+        return Err(conflict(format!(
+            "version {number} of {name} is sealed: its files are immutable; create a new version to change them"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn put_file(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    number: u64,
+    file: FileEntry,
+) -> StoreResult<FileEntry> {
+    validate_artifact_path(&file.path)?;
+    let digest: Sha256Digest = file.sha256.parse()?;
+    if file
+        .media_type
+        .as_ref()
+        .is_some_and(|m| m.len() > 255 || m.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "media_type",
+            "media types are at most 255 printable characters",
+        ));
+    }
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    require_draft(&row, name, number)?;
+    let previous: Option<(String, i64)> = conn
+        .prepare_cached("SELECT sha256, size FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3")?
+        .query_row(params![id, to_i64(number), file.path], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    conn.prepare_cached(
+        "INSERT INTO files (model_id, number, path, sha256, size, media_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (model_id, number, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, media_type = excluded.media_type",
+    )?
+    .execute(params![id, to_i64(number), file.path, digest.to_hex(), to_i64(file.size), file.media_type])?;
+    conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
+        .execute(params![id, to_i64(number)])?;
+    let entry = FileEntry {
+        sha256: digest.to_hex(),
+        ..file
+    };
+    record(
+        conn,
+        ctx,
+        "version.file_put",
+        &format!("{name}/{number}"),
+        &previous.map_or(
+            Value::Null,
+            |(s, z)| json!({ "path": entry.path, "sha256": s, "size": z }),
+        ),
+        &json!(entry),
+    )?;
+    Ok(entry)
+}
+
+pub(super) fn delete_file(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    number: u64,
+    path: &str,
+) -> StoreResult<()> {
+    validate_artifact_path(path)?;
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    require_draft(&row, name, number)?;
+    let removed: Option<(String, i64)> = conn
+        .prepare_cached(
+            "DELETE FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3 RETURNING sha256, size",
+        )?
+        .query_row(params![id, to_i64(number), path], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (sha, size) = removed
+        .ok_or_else(|| StoreError::not_found(format!("file {path:?} of version {number} of {name}")))?;
+    conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
+        .execute(params![id, to_i64(number)])?;
+    record(
+        conn,
+        ctx,
+        "version.file_delete",
+        &format!("{name}/{number}"),
+        &json!({ "path": path, "sha256": sha, "size": size }),
+        &Value::Null,
+    )
+}
+
+pub(super) fn seal_version(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    number: u64,
+    expected: Option<Sha256Digest>,
+) -> StoreResult<Version> {
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    require_draft(&row, name, number)?;
+    let files = query::load_files(conn, id, number)?;
+    if files.is_empty() {
+        return Err(conflict(format!(
+            "version {number} of {name} has no files: upload at least one before sealing"
+        )));
+    }
+    let entries = files
+        .into_iter()
+        .map(|f| {
+            Ok(ManifestEntry {
+                sha256: f.sha256.parse()?,
+                path: f.path,
+                size: f.size,
+                media_type: f.media_type,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let manifest = Manifest::new(entries);
+    let digest = manifest.digest();
+    if let Some(want) = expected {
+        if want != digest {
+            return Err(StoreError {
+                code: ErrorCode::DigestMismatch,
+                message: format!(
+                    "the manifest digest is {digest} but expected_digest is {want}: the server holds a different set of files than the client expects"
+                ),
+                field: Some("expected_digest".into()),
+            });
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE versions SET sealed = 1, digest = ?3, sealed_at = ?4, revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
+    )?
+    .execute(params![id, to_i64(number), digest.to_hex(), now()])?;
+    let v = query::load_version(conn, id, name, number)?;
+    record(
+        conn,
+        ctx,
+        "version.seal",
+        &format!("{name}/{number}"),
+        &json!({ "state": "draft" }),
+        &json!({ "state": "sealed", "digest": digest.to_hex(), "files": manifest.files.len(), "total_size": manifest.total_size() }),
+    )?;
+    Ok(v)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn move_stage(
+    conn: &Connection,
+    ctx: &Ctx,
+    id: i64,
+    name: &ModelName,
+    number: u64,
+    from: Stage,
+    to: Stage,
+    kind: &str,
+    replaced: Option<u64>,
+    comment: Option<&str>,
+) -> StoreResult<()> {
+    let at = now();
+    conn.prepare_cached(
+        "UPDATE versions SET stage = ?3, stage_changed_at = ?4, revision = revision + 1,
+                ever_production = ever_production OR ?3 = 'production'
+         WHERE model_id = ?1 AND number = ?2",
+    )?
+    .execute(params![id, to_i64(number), to.as_str(), at])?;
+    conn.prepare_cached(
+        "INSERT INTO stage_history (model_id, number, from_stage, to_stage, kind, replaced, actor, comment, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![id, to_i64(number), from.as_str(), to.as_str(), kind, replaced.map(to_i64), ctx.actor, comment, at])?;
+    record(
+        conn,
+        ctx,
+        &format!("version.{kind}"),
+        &format!("{name}/{number}"),
+        &json!({ "stage": from }),
+        &json!({ "stage": to, "replaced": replaced, "comment": comment }),
+    )
+}
+
+fn production_of(conn: &Connection, id: i64) -> StoreResult<Option<u64>> {
+    query::newest_in_stage(conn, id, Stage::Production)
+}
+
+pub(super) fn set_stage(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    number: u64,
+    to: Stage,
+    comment: Option<&str>,
+    pre: Precondition,
+) -> StoreResult<StageChange> {
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    check_pre(pre, Some(row.revision), &format!("version {number} of {name}"))?;
+    row.stage.check_move(to, row.sealed)?;
+    let mut demoted = None;
+    if to == Stage::Production {
+        if let Some(prev) = production_of(conn, id)? {
+            move_stage(
+                conn,
+                ctx,
+                id,
+                name,
+                prev,
+                Stage::Production,
+                Stage::Archived,
+                "demote",
+                None,
+                comment,
+            )?;
+            demoted = Some(prev);
+        }
+    }
+    move_stage(
+        conn, ctx, id, name, number, row.stage, to, "stage", demoted, comment,
+    )?;
+    Ok(StageChange {
+        version: query::load_version(conn, id, name, number)?,
+        demoted,
+    })
+}
+
+pub(super) fn rollback(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    comment: Option<&str>,
+) -> StoreResult<StageChange> {
+    let id = model_id(conn, name)?;
+    let current = production_of(conn, id)?
+        .ok_or_else(|| conflict(format!("{name} has no version in production to roll back")))?;
+    let replaced: Option<Option<i64>> = conn
+        .prepare_cached(
+            "SELECT replaced FROM stage_history WHERE model_id = ?1 AND number = ?2 AND to_stage = 'production'
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![id, to_i64(current)], |r| r.get(0))
+        .optional()?;
+    let previous = replaced.flatten().map(to_u64).ok_or_else(|| {
+        conflict(format!(
+            "version {current} of {name} did not replace another production version, so there is nothing to roll back to"
+        ))
+    })?;
+    let prev_row = version_row(conn, id, name, previous)?;
+    if !prev_row.sealed {
+        return Err(StoreError::internal(format!(
+            "version {previous} of {name} is not sealed"
+        )));
+    }
+    move_stage(
+        conn,
+        ctx,
+        id,
+        name,
+        current,
+        Stage::Production,
+        Stage::Archived,
+        "demote",
+        None,
+        comment,
+    )?;
+    move_stage(
+        conn,
+        ctx,
+        id,
+        name,
+        previous,
+        prev_row.stage,
+        Stage::Production,
+        "rollback",
+        Some(current),
+        comment,
+    )?;
+    Ok(StageChange {
+        version: query::load_version(conn, id, name, previous)?,
+        demoted: Some(current),
+    })
+}
+
+pub(super) fn set_alias(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    alias: &str,
+    number: u64,
+    pre: Precondition,
+) -> StoreResult<Alias> {
+    validate_alias(alias)?;
+    let id = model_id(conn, name)?;
+    let row = version_row(conn, id, name, number)?;
+    if !row.sealed {
+        return Err(conflict(format!(
+            "version {number} of {name} is a draft: seal it before pointing an alias at it"
+        )));
+    }
+    let before = query::load_alias(conn, id, name, alias).ok();
+    check_pre(
+        pre,
+        before.as_ref().map(|a| a.revision),
+        &format!("alias {alias:?} of {name}"),
+    )?;
+    conn.prepare_cached(
+        "INSERT INTO aliases (model_id, alias, number, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (model_id, alias) DO UPDATE SET number = excluded.number, updated_at = excluded.updated_at,
+            revision = aliases.revision + 1",
+    )?
+    .execute(params![id, alias, to_i64(number), now()])?;
+    let after = query::load_alias(conn, id, name, alias)?;
+    record(
+        conn,
+        ctx,
+        "alias.set",
+        &format!("{name}@{alias}"),
+        &before.map_or(
+            Value::Null,
+            |a| json!({ "version": a.version, "revision": a.revision }),
+        ),
+        &json!({ "version": after.version, "revision": after.revision }),
+    )?;
+    Ok(after)
+}
+
+pub(super) fn delete_alias(
+    conn: &Connection,
+    ctx: &Ctx,
+    name: &ModelName,
+    alias: &str,
+    pre: Precondition,
+) -> StoreResult<()> {
+    validate_alias(alias)?;
+    let id = model_id(conn, name)?;
+    let before = query::load_alias(conn, id, name, alias)?;
+    check_pre(pre, Some(before.revision), &format!("alias {alias:?} of {name}"))?;
+    conn.prepare_cached("DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2")?
+        .execute(params![id, alias])?;
+    record(
+        conn,
+        ctx,
+        "alias.delete",
+        &format!("{name}@{alias}"),
+        &json!({ "version": before.version, "revision": before.revision }),
+        &Value::Null,
+    )
+}

@@ -1,0 +1,99 @@
+-- Ballast metadata schema, version 1 (SQLite).
+CREATE TABLE models (
+    id             INTEGER PRIMARY KEY,
+    namespace      TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    description    TEXT NOT NULL DEFAULT '',
+    tags           TEXT NOT NULL DEFAULT '{}',
+    latest_version INTEGER NOT NULL DEFAULT 0,
+    created_by     TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    updated_at     TEXT NOT NULL,
+    revision       INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (namespace, name)
+);
+
+CREATE TABLE versions (
+    model_id         INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    number           INTEGER NOT NULL,
+    sealed           INTEGER NOT NULL DEFAULT 0,
+    stage            TEXT NOT NULL DEFAULT 'development',
+    metadata         TEXT NOT NULL,
+    tags             TEXT NOT NULL DEFAULT '{}',
+    digest           TEXT,
+    created_by       TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    sealed_at        TEXT,
+    stage_changed_at TEXT NOT NULL,
+    ever_production  INTEGER NOT NULL DEFAULT 0,
+    revision         INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (model_id, number)
+) WITHOUT ROWID;
+CREATE INDEX versions_by_stage ON versions (model_id, stage, number);
+
+CREATE TABLE files (
+    model_id   INTEGER NOT NULL,
+    number     INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    media_type TEXT,
+    PRIMARY KEY (model_id, number, path),
+    FOREIGN KEY (model_id, number) REFERENCES versions (model_id, number) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX files_by_blob ON files (sha256);
+
+CREATE TABLE aliases (
+    model_id   INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    alias      TEXT NOT NULL,
+    number     INTEGER NOT NULL,
+    revision   INTEGER NOT NULL DEFAULT 1,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (model_id, alias),
+    FOREIGN KEY (model_id, number) REFERENCES versions (model_id, number) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE stage_history (
+    id         INTEGER PRIMARY KEY,
+    model_id   INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    number     INTEGER NOT NULL,
+    from_stage TEXT NOT NULL,
+    to_stage   TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    replaced   INTEGER,
+    actor      TEXT NOT NULL,
+    comment    TEXT,
+    at         TEXT NOT NULL
+);
+CREATE INDEX stage_history_by_model ON stage_history (model_id, id);
+
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    before     TEXT NOT NULL,
+    after      TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+
+CREATE TABLE outbox (
+    id      INTEGER PRIMARY KEY,
+    at      TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+
+CREATE TABLE idempotency (
+    actor       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (actor, key)
+) WITHOUT ROWID;

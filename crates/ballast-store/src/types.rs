@@ -1,0 +1,126 @@
+//! Parameters of store operations.
+
+use ballast_core::Stage;
+
+/// Who makes a change, in which request, and how a retry is recognised.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    /// The authenticated actor.
+    pub actor: String,
+    /// The request id (also in the response's `x-request-id`).
+    pub request_id: String,
+    /// Present when the client sent an `Idempotency-Key`.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotency key and the fingerprint of the request that carried it.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The client's key.
+    pub key: String,
+    /// A digest of method, path and body: the same key with another request is refused.
+    pub fingerprint: String,
+}
+
+/// An `If-Match` / `If-None-Match` precondition on a resource's revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precondition {
+    /// No precondition.
+    #[default]
+    None,
+    /// The resource must exist with this revision.
+    Revision(u64),
+    /// `If-Match: *`: the resource must exist.
+    Exists,
+    /// `If-None-Match: *`: the resource must not exist.
+    Absent,
+}
+
+/// Filters for listing models.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFilter {
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only models whose `namespace/model` starts with this.
+    pub prefix: Option<String>,
+    /// Only models with this tag key (and value, when given).
+    pub tag: Option<(String, Option<String>)>,
+    /// Page size (1–1000).
+    pub limit: u32,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A metric threshold: `name op value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricFilter {
+    /// Metric name.
+    pub name: String,
+    /// One of `>=`, `<=`, `>`, `<`, `=`, `!=`.
+    pub op: &'static str,
+    /// Threshold.
+    pub value: f64,
+}
+
+/// How versions are ordered.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum VersionOrder {
+    /// By number.
+    #[default]
+    Number,
+    /// By creation time.
+    CreatedAt,
+    /// By a metric's value (versions without the metric are left out).
+    Metric(String),
+}
+
+/// Filters for listing versions.
+#[derive(Debug, Clone, Default)]
+pub struct VersionFilter {
+    /// Only versions in this stage.
+    pub stage: Option<Stage>,
+    /// Only versions with these tags (key, optional value), all of them.
+    pub tags: Vec<(String, Option<String>)>,
+    /// Only versions whose metrics pass all thresholds.
+    pub metrics: Vec<MetricFilter>,
+    /// Only sealed (true) or draft (false) versions.
+    pub sealed: Option<bool>,
+    /// Ordering key.
+    pub order: VersionOrder,
+    /// Descending order (the default for listings is newest first).
+    pub descending: bool,
+    /// Page size (1–1000).
+    pub limit: u32,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Filters for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only entries after this id.
+    pub after: Option<u64>,
+    /// Only entries whose target is this model or one of its versions/aliases.
+    pub model: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Page size (1–1000).
+    pub limit: u32,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Registered models.
+    pub models: u64,
+    /// Versions of all models.
+    pub versions: u64,
+    /// Distinct blobs referenced.
+    pub blobs: u64,
+    /// Bytes of distinct blobs referenced.
+    pub blob_bytes: u64,
+    /// Audit entries.
+    pub audit_entries: u64,
+}
