@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::reference::VersionRef;
 
-const ABOUT: &str = "Ballast: a model registry. Run the server, push and pull model versions, \
-promote them through stages and point aliases at them.";
+const ABOUT: &str = "Ballast: a fail-safe model registry and inference router. Run the registry, \
+push and pull model versions, promote them through stages, point aliases at them, subscribe to \
+events, and route inference traffic to healthy backends.";
 
 const AFTER_HELP: &str = "\
 Names are NAMESPACE/MODEL (lowercase letters, digits, '-', '_', '.').
@@ -25,6 +26,8 @@ Examples:
   ballast push acme/support-bot ./out --meta meta.yaml --alias champion
   ballast version stage acme/support-bot/3 staging
   ballast pull acme/support-bot:production ./model
+  ballast webhook create https://ci.example.com/hook --event stage_transition.completed
+  ballast router --config routes.toml --region eu-west
 
 Exit codes: 0 success, 1 error reported by the registry or the command, 2 usage error,
 130 interrupted.";
@@ -87,6 +90,14 @@ pub enum Command {
     /// BALLAST_MAX_UPLOAD_BYTES, BALLAST_MAX_JSON_BYTES, BALLAST_DEFAULT_ACTOR,
     /// BALLAST_SHUTDOWN_GRACE_SECS) < flags.
     Server(ServerArgs),
+    /// Run the inference router (the data plane) from a static routes file (until SIGINT or
+    /// SIGTERM).
+    ///
+    /// Serves OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/embeddings (by the
+    /// body's model) and prefix routes, with fallback, health checks and region failover. The
+    /// routes file is reloaded on SIGHUP and when it changes; every accepted snapshot is kept in
+    /// --state-dir as last-known-good and used when the file is unreadable. See docs/router.md.
+    Router(RouterArgs),
     /// Create, show, list, change and delete models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -111,6 +122,12 @@ pub enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Subscribe URLs to registry events; inspect and redeliver deliveries.
+    #[command(subcommand)]
+    Webhook(crate::commands::webhook::WebhookCommand),
+    /// Read the change feed and list the event types.
+    #[command(subcommand)]
+    Events(crate::commands::webhook::EventsCommand),
 }
 
 /// `ballast server`.
@@ -125,6 +142,28 @@ pub struct ServerArgs {
     /// Configuration file (TOML); must exist when given. Default: ./ballast.toml if present.
     #[arg(long, env = "BALLAST_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// `ballast router`.
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// Routes file (TOML; or a JSON routing snapshot when it ends in .json).
+    #[arg(long, value_name = "FILE", env = "BALLAST_ROUTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The region this router runs in (its targets are tried first).
+    #[arg(long, env = "BALLAST_ROUTER_REGION")]
+    pub region: String,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BALLAST_ROUTER_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Directory holding the last-known-good routing snapshot.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BALLAST_ROUTER_STATE_DIR",
+        default_value = "./ballast-router-state"
+    )]
+    pub state_dir: PathBuf,
 }
 
 /// `ballast model …`.

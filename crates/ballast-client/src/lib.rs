@@ -22,6 +22,7 @@
 mod aliases;
 mod audit;
 mod error;
+mod events;
 mod files;
 mod http;
 mod models;

@@ -22,6 +22,17 @@ pub struct Config {
     pub default_actor: String,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Seconds one webhook delivery attempt may take (connect, send, answer).
+    pub webhook_timeout_secs: u64,
+    /// Delay before the first retry of a failed delivery, in milliseconds; it doubles (with
+    /// jitter) on each further failure.
+    pub webhook_retry_base_ms: u64,
+    /// Longest delay between two attempts, in seconds.
+    pub webhook_max_backoff_secs: u64,
+    /// A delivery still failing this many seconds after its event is marked dead.
+    pub webhook_give_up_after_secs: u64,
+    /// Deliveries in flight at once to one webhook (a slow receiver never delays the others).
+    pub webhook_concurrency_per_target: usize,
 }
 
 fn default_listen() -> SocketAddr {
@@ -37,6 +48,11 @@ impl Default for Config {
             max_json_bytes: 8 << 20,
             default_actor: "anonymous".into(),
             shutdown_grace_secs: 30,
+            webhook_timeout_secs: 10,
+            webhook_retry_base_ms: 1000,
+            webhook_max_backoff_secs: 600,
+            webhook_give_up_after_secs: 24 * 3600,
+            webhook_concurrency_per_target: 4,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod governance;
 mod metrics;
 mod openapi;
 mod state;
+pub mod webhooks;
 
 pub use config::Config;
 pub use error::ApiError;
@@ -75,11 +76,18 @@ impl Server {
     /// When the listener fails.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let app = api::router(self.state.clone());
+        let stop_rx = self.state.shutdown.subscribe();
+        let stop_tx = self.state.shutdown.clone();
+        let dispatcher = {
+            let (store, config) = (self.state.store.clone(), self.state.config.clone());
+            tokio::spawn(async move { webhooks::run(store, &config, stop_rx).await })
+        };
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
         let served = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            stop_tx.send_replace(true);
             let _ = drained_tx.send(());
         });
         let drain_timeout = async move {
@@ -90,6 +98,8 @@ impl Server {
             r = served => r?,
             () = drain_timeout => tracing::warn!("in-flight requests did not finish within the grace period"),
         }
+        self.state.shutdown.send_replace(true);
+        let _ = dispatcher.await;
         self.state.store.close().await;
         tracing::info!("store closed");
         Ok(())

@@ -3,6 +3,10 @@
 
 use std::sync::OnceLock;
 
+use ballast_api::events::{
+    CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, Event, EventList, Webhook,
+    EVENT_TYPES,
+};
 use ballast_api::{
     Alias, AttachFile, AuditEntry, AuditList, BlobInfo, CreateModel, CreateVersion, ErrorBody, ErrorDetail,
     FileEntry, Lineage, Model, ModelList, Resources, Rollback, SealVersion, SetAlias, SetStage, StageChange,
@@ -21,6 +25,14 @@ use utoipa::OpenApi;
         description = "Fail-safe model registry: models, versions, artifacts, stages, aliases, audit."
     ),
     components(schemas(
+        Event,
+        EventList,
+        CreateWebhook,
+        Webhook,
+        Delivery,
+        DeliveryAttempt,
+        DeliveryList,
+        DeliveryStatus,
         Alias,
         AttachFile,
         AuditEntry,
@@ -272,6 +284,72 @@ fn table() -> Vec<Op> {
             None,
         ),
         Op(Get, "/v1/openapi.json", "This document", None, "200", None),
+        Op(
+            Get,
+            "/v1/events",
+            "The change feed (query: after, limit, type)",
+            None,
+            "200",
+            Some("EventList"),
+        ),
+        Op(
+            Get,
+            "/v1/events/stream",
+            "The change feed as Server-Sent Events (resume with after or Last-Event-ID)",
+            None,
+            "200",
+            None,
+        ),
+        Op(
+            Post,
+            "/v1/webhooks",
+            "Subscribe a URL to events (the answer shows the secret once)",
+            Some("CreateWebhook"),
+            "201",
+            Some("Webhook"),
+        ),
+        Op(Get, "/v1/webhooks", "List webhooks", None, "200", None),
+        Op(
+            Get,
+            "/v1/webhooks/{id}",
+            "Get a webhook",
+            None,
+            "200",
+            Some("Webhook"),
+        ),
+        Op(Delete, "/v1/webhooks/{id}", "Delete a webhook", None, "204", None),
+        Op(
+            Post,
+            "/v1/webhooks/{id}/test",
+            "Queue a webhook.ping delivery",
+            None,
+            "202",
+            Some("Delivery"),
+        ),
+        Op(
+            Get,
+            "/v1/webhooks/{id}/deliveries",
+            "A webhook's deliveries (query: status, limit)",
+            None,
+            "200",
+            Some("DeliveryList"),
+        ),
+        Op(
+            Get,
+            "/v1/webhooks/{id}/deliveries/{delivery}",
+            "One delivery with every attempt",
+            None,
+            "200",
+            Some("Delivery"),
+        ),
+        Op(
+            Post,
+            "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+            "Queue a delivered or dead delivery again",
+            None,
+            "202",
+            Some("Delivery"),
+        ),
     ]
 }
 
@@ -303,9 +381,11 @@ pub fn document() -> String {
             .iter()
             .map(|c| format!("`{}` → {}", c.as_str(), c.http_status()))
             .collect();
+        let events: Vec<String> = EVENT_TYPES.iter().map(|(t, d)| format!("`{t}`: {d}")).collect();
         doc.info.description = Some(format!(
-            "Fail-safe model registry. Errors answer `ErrorBody` with one of these codes: {}. Mutations accept `Idempotency-Key`; `x-ballast-actor` names the actor.",
-            codes.join(", ")
+            "Fail-safe model registry. Errors answer `ErrorBody` with one of these codes: {}. Mutations accept `Idempotency-Key`; `x-ballast-actor` names the actor. Event types (the `type` of an `Event`): {}. Webhook deliveries carry `x-ballast-event`, `x-ballast-delivery` (stable across retries), `x-ballast-timestamp` and `x-ballast-signature: sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\">`.",
+            codes.join(", "),
+            events.join("; ")
         ));
         for Op(method, path, summary, req, status, resp) in table() {
             let mut op = OperationBuilder::new()

@@ -18,6 +18,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     /// Prometheus exposition.
     pub metrics: crate::metrics::Metrics,
+    /// Turns true when the server begins to shut down (long-lived streams end then).
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// Decides on moves into gated stages.
     pub gate: Arc<dyn crate::governance::TransitionGate>,
 }
@@ -31,6 +33,7 @@ impl AppState {
             blobs,
             metrics: crate::metrics::Metrics::install(),
             gate: Arc::new(crate::governance::OpenGate),
+            shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }

@@ -12,11 +12,14 @@ mod types;
 pub use error::{StoreError, StoreResult};
 pub use sqlite::SqliteStore;
 pub use types::{
-    AuditFilter, Ctx, Idempotency, MetricFilter, ModelFilter, Precondition, StoreStats, VersionFilter,
-    VersionOrder,
+    AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter, ModelFilter,
+    Precondition, StoreStats, VersionFilter, VersionOrder,
 };
 
 use async_trait::async_trait;
+use ballast_api::events::{
+    CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, EventList, Webhook,
+};
 use ballast_api::{
     Alias, AuditList, CreateModel, CreateVersion, FileEntry, Model, ModelList, StageChange, UpdateModel,
     UpdateVersion, Version, VersionList,
@@ -127,6 +130,42 @@ pub trait Store: Send + Sync + 'static {
     /// Recomputes the audit hash chain; returns the number of entries checked, or the id of the
     /// first entry that does not match.
     async fn verify_audit(&self) -> StoreResult<Result<u64, u64>>;
+
+    /// Subscribes a URL to events.
+    async fn create_webhook(&self, ctx: &Ctx, req: CreateWebhook) -> StoreResult<Webhook>;
+    /// Every webhook (secrets omitted).
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
+    /// One webhook (secret omitted).
+    async fn get_webhook(&self, id: u64) -> StoreResult<Webhook>;
+    /// Removes a webhook and its pending deliveries.
+    async fn delete_webhook(&self, ctx: &Ctx, id: u64) -> StoreResult<()>;
+    /// Queues a `webhook.ping` delivery to one webhook.
+    async fn ping_webhook(&self, ctx: &Ctx, id: u64) -> StoreResult<Delivery>;
+    /// A webhook's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        webhook: u64,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> StoreResult<DeliveryList>;
+    /// One delivery with every attempt.
+    async fn get_delivery(&self, webhook: u64, id: u64) -> StoreResult<Delivery>;
+    /// Queues a delivered or dead delivery again.
+    async fn redeliver(&self, ctx: &Ctx, webhook: u64, id: u64) -> StoreResult<Delivery>;
+    /// Claims due deliveries under a lease (dispatchers only).
+    async fn claim_deliveries(&self, claim: Claim) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records an attempt and its outcome; `false` when the lease was lost to another node.
+    async fn finish_delivery(
+        &self,
+        node: &str,
+        id: u64,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<bool>;
+    /// The change feed: events after `after`, oldest first, optionally of some types only.
+    async fn list_events(&self, after: u64, limit: u32, types: Vec<String>) -> StoreResult<EventList>;
+    /// Watches the id of the newest committed event (changes after every commit that wrote events).
+    fn watch_events(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Counts for metrics and status.
     async fn stats(&self) -> StoreResult<StoreStats>;

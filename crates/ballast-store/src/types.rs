@@ -124,3 +124,53 @@ pub struct StoreStats {
     /// Audit entries.
     pub audit_entries: u64,
 }
+
+/// A dispatcher's request for due deliveries.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The claiming node (lease owner).
+    pub node: String,
+    /// Now, in Unix milliseconds.
+    pub now_ms: i64,
+    /// How long the lease lasts.
+    pub lease_ms: i64,
+    /// Deliveries this node already has in flight, per webhook.
+    pub in_flight: std::collections::HashMap<u64, usize>,
+    /// The most deliveries in flight per webhook (a slow receiver never takes every slot).
+    pub per_webhook: usize,
+    /// The most deliveries to claim in all.
+    pub max: usize,
+}
+
+/// A delivery this node holds the lease of.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Delivery id (stable across attempts).
+    pub id: u64,
+    /// Webhook id.
+    pub webhook_id: u64,
+    /// Where to POST.
+    pub url: String,
+    /// HMAC secret.
+    pub secret: String,
+    /// Attempts made before this one.
+    pub attempt_count: u32,
+    /// When the delivery was created (or requeued), Unix milliseconds.
+    pub created_ms: i64,
+    /// The event to deliver.
+    pub event: ballast_api::events::Event,
+}
+
+/// What became of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Try again at this time (Unix milliseconds).
+    Retry {
+        /// When.
+        next_attempt_ms: i64,
+    },
+    /// Give up; a person may redeliver.
+    Dead,
+}

@@ -6,8 +6,10 @@ pub mod audit;
 pub mod model;
 pub mod pull;
 pub mod push;
+pub mod router;
 pub mod server;
 pub mod version;
+pub mod webhook;
 
 use std::process::ExitCode;
 
@@ -41,12 +43,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = || Ctx::new(&global);
     match cli.command {
         Command::Server(args) => server::run(args, global.json).await?,
+        Command::Router(args) => router::run(args, global.json).await?,
         Command::Model(cmd) => model::run(&ctx()?, cmd).await?,
         Command::Version(cmd) => version::run(&ctx()?, cmd).await?,
         Command::Alias(cmd) => alias::run(&ctx()?, cmd).await?,
         Command::Push(args) => push::run(&ctx()?, args).await?,
         Command::Pull(args) => pull::run(&ctx()?, args).await?,
         Command::Audit(cmd) => audit::run(&ctx()?, cmd).await?,
+        Command::Webhook(cmd) => webhook::run(&ctx()?, cmd).await?,
+        Command::Events(cmd) => webhook::run_events(&ctx()?, cmd).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

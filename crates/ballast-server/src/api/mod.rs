@@ -3,11 +3,13 @@
 
 mod aliases;
 mod audit;
+mod events;
 mod extract;
 mod files;
 mod models;
 mod system;
 mod versions;
+mod webhooks;
 
 pub use extract::{parse_model, Mutation, RequestCtx};
 
@@ -67,6 +69,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/sha256/{digest}", get(files::blob_info))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery}", get(webhooks::delivery))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())

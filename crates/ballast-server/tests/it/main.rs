@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod downloads;
 mod durability;
+mod events;
 mod idempotency;
 mod lifecycle;
 mod listing;

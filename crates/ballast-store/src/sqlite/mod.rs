@@ -6,6 +6,7 @@
 //! fails rolls back to its savepoint and changes nothing; a failed commit fails them all. Reads
 //! run on a small pool of read-only connections (WAL lets them proceed during writes).
 
+mod events;
 mod ops;
 mod query;
 
@@ -23,8 +24,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use ballast_api::events::{
+    CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, EventList, Webhook,
+};
+
 use crate::{
-    AuditFilter, Ctx, ModelFilter, Precondition, Store, StoreError, StoreResult, StoreStats, VersionFilter,
+    AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, ModelFilter, Precondition, Store, StoreError,
+    StoreResult, StoreStats, VersionFilter,
 };
 
 /// The most mutations committed together.
@@ -41,6 +47,7 @@ pub struct SqliteStore {
     writer: RwLock<Option<mpsc::UnboundedSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    events: tokio::sync::watch::Receiver<u64>,
 }
 
 fn configure(conn: &Connection) -> StoreResult<()> {
@@ -92,17 +99,25 @@ impl SqliteStore {
         }
         configure(&conn)?;
         migrate(&mut conn)?;
+        // The embedded database belongs to one server process: leases held by a previous
+        // process (killed mid-delivery) are released so its deliveries resume at once.
+        conn.execute(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner IS NOT NULL",
+            [],
+        )?;
 
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let (events_tx, events_rx) = tokio::sync::watch::channel(events::last_event_id(&conn)?);
         let handle = std::thread::Builder::new()
             .name("ballast-sqlite-writer".into())
-            .spawn(move || writer_loop(&conn, rx))
+            .spawn(move || writer_loop(&conn, rx, &events_tx))
             .map_err(|e| StoreError::internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
             writer: RwLock::new(Some(tx)),
             writer_thread: Mutex::new(Some(handle)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            events: events_rx,
         })
     }
 
@@ -114,27 +129,40 @@ impl SqliteStore {
         T: Serialize + DeserializeOwned + Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel::<StoreResult<T>>();
         let idem = ctx.idempotency.clone();
         let actor = ctx.actor.clone();
+        self.write_internal(move |conn| match &idem {
+            None => op(conn),
+            Some(idem) => ops::with_idempotency(conn, &actor, idem, op),
+        })
+        .await
+    }
+
+    /// Runs `op` in the writer's transaction for internal bookkeeping (no idempotency).
+    async fn write_internal<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |conn| {
-            let result = match &idem {
-                None => op(conn),
-                Some(idem) => ops::with_idempotency(conn, &actor, idem, op),
-            };
+            let result = op(conn);
             let ok = result.is_ok();
             let finish: Finisher = Box::new(move |commit| {
                 let _ = reply_tx.send(commit.and(result));
             });
             (ok, finish)
         });
+        self.submit(job, reply_rx).await
+    }
+
+    async fn submit<T>(&self, job: Job, reply_rx: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
         let sent = self
             .writer
             .read()
             .map_err(|_| StoreError::internal("writer lock poisoned"))?
             .as_ref()
-            .map(|w| w.send(job).is_ok())
-            .unwrap_or(false);
+            .is_some_and(|w| w.send(job).is_ok());
         if !sent {
             return Err(StoreError::new(
                 ErrorCode::Unavailable,
@@ -198,7 +226,11 @@ fn prune_idempotency(conn: &Connection) {
     }
 }
 
-fn writer_loop(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(
+    conn: &Connection,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    events_tx: &tokio::sync::watch::Sender<u64>,
+) {
     let mut last_prune = std::time::Instant::now();
     prune_idempotency(conn);
     while let Some(first) = rx.blocking_recv() {
@@ -214,6 +246,13 @@ fn writer_loop(conn: &Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
         }
         run_batch(conn, batch);
+        if let Ok(last) = events::last_event_id(conn) {
+            events_tx.send_if_modified(|v| {
+                let changed = *v != last;
+                *v = last;
+                changed
+            });
+        }
     }
     // The channel is closed and drained: checkpoint so the WAL is folded into the database.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -453,6 +492,78 @@ impl Store for SqliteStore {
 
     async fn verify_audit(&self) -> StoreResult<Result<u64, u64>> {
         self.read(query::verify_audit).await
+    }
+
+    async fn create_webhook(&self, ctx: &Ctx, req: CreateWebhook) -> StoreResult<Webhook> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| events::create_webhook(conn, &c, &req))
+            .await
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        self.read(events::list_webhooks).await
+    }
+
+    async fn get_webhook(&self, id: u64) -> StoreResult<Webhook> {
+        self.read(move |conn| events::get_webhook(conn, id)).await
+    }
+
+    async fn delete_webhook(&self, ctx: &Ctx, id: u64) -> StoreResult<()> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| events::delete_webhook(conn, &c, id))
+            .await
+    }
+
+    async fn ping_webhook(&self, ctx: &Ctx, id: u64) -> StoreResult<Delivery> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| events::ping_webhook(conn, &c, id))
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook: u64,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> StoreResult<DeliveryList> {
+        self.read(move |conn| events::list_deliveries(conn, webhook, status, limit))
+            .await
+    }
+
+    async fn get_delivery(&self, webhook: u64, id: u64) -> StoreResult<Delivery> {
+        self.read(move |conn| events::get_delivery(conn, webhook, id))
+            .await
+    }
+
+    async fn redeliver(&self, ctx: &Ctx, webhook: u64, id: u64) -> StoreResult<Delivery> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| events::redeliver(conn, &c, webhook, id))
+            .await
+    }
+
+    async fn claim_deliveries(&self, claim: Claim) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.write_internal(move |conn| events::claim(conn, &claim)).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        node: &str,
+        id: u64,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<bool> {
+        let node = node.to_owned();
+        self.write_internal(move |conn| events::finish(conn, &node, id, &attempt, outcome))
+            .await
+    }
+
+    async fn list_events(&self, after: u64, limit: u32, types: Vec<String>) -> StoreResult<EventList> {
+        self.read(move |conn| events::list_events(conn, after, limit, &types))
+            .await
+    }
+
+    fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.clone()
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

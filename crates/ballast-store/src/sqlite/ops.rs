@@ -77,16 +77,16 @@ where
     Ok(out)
 }
 
-/// Appends the audit entry (hash-chained) and the outbox event of a change.
-fn record(
+/// Appends the hash-chained audit entry of a change; returns its id.
+fn audit_entry(
     conn: &Connection,
     ctx: &Ctx,
+    at: &str,
     action: &str,
     target: &str,
     before: &Value,
     after: &Value,
-) -> StoreResult<()> {
-    let at = now();
+) -> StoreResult<i64> {
     let prev: String = conn
         .prepare_cached("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")?
         .query_row([], |r| r.get(0))
@@ -100,7 +100,7 @@ fn record(
         &prev,
         [
             &id.to_string(),
-            &at,
+            at,
             &ctx.actor,
             action,
             target,
@@ -125,12 +125,35 @@ fn record(
         prev,
         hash
     ])?;
-    let payload = json!({ "target": target, "before": before, "after": after, "request_id": ctx.request_id, "audit_id": id });
-    conn.prepare_cached(
-        "INSERT INTO outbox (at, type, actor, subject, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![at, action, ctx.actor, target, payload.to_string()])?;
+    Ok(id)
+}
+
+/// Appends the audit entry and the event (with its webhook deliveries) of a change.
+pub(super) fn record_change(
+    conn: &Connection,
+    ctx: &Ctx,
+    action: &str,
+    target: &str,
+    before: &Value,
+    after: &Value,
+) -> StoreResult<()> {
+    let at = now();
+    let audit_id = audit_entry(conn, ctx, &at, action, target, before, after)?;
+    let data = json!({ "before": before, "after": after, "audit_id": audit_id });
+    super::events::append(conn, ctx, &at, action, target, &data)?;
     Ok(())
+}
+
+/// Appends an audit entry for an action that is not an event (delivery bookkeeping).
+pub(super) fn record_audit_only(
+    conn: &Connection,
+    ctx: &Ctx,
+    action: &str,
+    target: &str,
+    before: &Value,
+    after: &Value,
+) -> StoreResult<()> {
+    audit_entry(conn, ctx, &now(), action, target, before, after).map(|_| ())
 }
 
 fn check_pre(pre: Precondition, current: Option<u64>, what: &str) -> StoreResult<()> {
@@ -268,7 +291,7 @@ pub(super) fn create_model(conn: &Connection, ctx: &Ctx, req: &CreateModel) -> S
     }
     let id = conn.last_insert_rowid();
     let m = query::load_model(conn, id)?;
-    record(conn, ctx, "model.create", &m.name, &Value::Null, &model_json(&m))?;
+    record_change(conn, ctx, "model.create", &m.name, &Value::Null, &model_json(&m))?;
     Ok(m)
 }
 
@@ -294,7 +317,7 @@ pub(super) fn update_model(
     )?
     .execute(params![id, description, serde_json::to_string(&tags)?, now()])?;
     let after = query::load_model(conn, id)?;
-    record(
+    record_change(
         conn,
         ctx,
         "model.update",
@@ -329,7 +352,7 @@ pub(super) fn delete_model(
     }
     conn.prepare_cached("DELETE FROM models WHERE id = ?1")?
         .execute([id])?;
-    record(
+    record_change(
         conn,
         ctx,
         "model.delete",
@@ -391,7 +414,7 @@ pub(super) fn create_version(
         at
     ])?;
     let v = query::load_version(conn, id, name, number)?;
-    record(
+    record_change(
         conn,
         ctx,
         "version.create",
@@ -431,7 +454,7 @@ pub(super) fn update_version(
     )?
     .execute(params![id, to_i64(number), serde_json::to_string(&metadata)?, serde_json::to_string(&tags)?])?;
     let after = query::load_version(conn, id, name, number)?;
-    record(
+    record_change(
         conn,
         ctx,
         "version.update",
@@ -490,7 +513,7 @@ pub(super) fn put_file(
         sha256: digest.to_hex(),
         ..file
     };
-    record(
+    record_change(
         conn,
         ctx,
         "version.file_put",
@@ -525,7 +548,7 @@ pub(super) fn delete_file(
         .ok_or_else(|| StoreError::not_found(format!("file {path:?} of version {number} of {name}")))?;
     conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
         .execute(params![id, to_i64(number)])?;
-    record(
+    record_change(
         conn,
         ctx,
         "version.file_delete",
@@ -580,7 +603,7 @@ pub(super) fn seal_version(
     )?
     .execute(params![id, to_i64(number), digest.to_hex(), now()])?;
     let v = query::load_version(conn, id, name, number)?;
-    record(
+    record_change(
         conn,
         ctx,
         "version.seal",
@@ -616,7 +639,7 @@ fn move_stage(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![id, to_i64(number), from.as_str(), to.as_str(), kind, replaced.map(to_i64), ctx.actor, comment, at])?;
-    record(
+    record_change(
         conn,
         ctx,
         &format!("version.{kind}"),
@@ -756,7 +779,7 @@ pub(super) fn set_alias(
     )?
     .execute(params![id, alias, to_i64(number), now()])?;
     let after = query::load_alias(conn, id, name, alias)?;
-    record(
+    record_change(
         conn,
         ctx,
         "alias.set",
@@ -783,7 +806,7 @@ pub(super) fn delete_alias(
     check_pre(pre, Some(before.revision), &format!("alias {alias:?} of {name}"))?;
     conn.prepare_cached("DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2")?
         .execute(params![id, alias])?;
-    record(
+    record_change(
         conn,
         ctx,
         "alias.delete",

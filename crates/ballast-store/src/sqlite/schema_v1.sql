@@ -80,14 +80,60 @@ CREATE TABLE audit (
     hash       TEXT NOT NULL
 );
 
+-- Events, written in the same transaction as the change they describe.
 CREATE TABLE outbox (
-    id      INTEGER PRIMARY KEY,
-    at      TEXT NOT NULL,
-    type    TEXT NOT NULL,
-    actor   TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    payload TEXT NOT NULL
+    id         INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    model      TEXT,
+    version    INTEGER,
+    alias      TEXT,
+    data       TEXT NOT NULL,
+    request_id TEXT NOT NULL
 );
+
+CREATE TABLE webhooks (
+    id          INTEGER PRIMARY KEY,
+    url         TEXT NOT NULL,
+    events      TEXT NOT NULL,
+    namespace   TEXT,
+    model       TEXT,
+    secret      TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+
+-- One row per (webhook, event), created with the event. Times are Unix milliseconds.
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY,
+    webhook_id      INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    event_id        INTEGER NOT NULL REFERENCES outbox (id),
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempt_count   INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until_ms  INTEGER NOT NULL DEFAULT 0,
+    created_ms      INTEGER NOT NULL,
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT,
+    UNIQUE (webhook_id, event_id)
+);
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_ms);
+CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
+
+CREATE TABLE delivery_attempts (
+    id               INTEGER PRIMARY KEY,
+    delivery_id      INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    at               TEXT NOT NULL,
+    status           INTEGER,
+    latency_ms       INTEGER NOT NULL,
+    error            TEXT,
+    response_snippet TEXT
+);
+CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, id);
 
 CREATE TABLE idempotency (
     actor       TEXT NOT NULL,

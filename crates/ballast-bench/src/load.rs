@@ -1,0 +1,317 @@
+//! A closed-loop load generator: `concurrency` workers each issue one request after another for
+//! a fixed time, after a short warm-up that opens the keep-alive connections. Every request is
+//! bounded by a timeout, so a phase never runs longer than warm-up + duration + timeout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Longest a single request may take before it counts as a timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one operation failed.
+#[derive(Debug)]
+pub enum OpError {
+    /// The server answered with an unexpected status.
+    Status(u16, String),
+    /// The request could not be sent or the answer not read.
+    Transport(String),
+}
+
+impl OpError {
+    fn describe(&self) -> String {
+        match self {
+            Self::Status(code, body) => {
+                format!("HTTP {code}: {}", body.chars().take(300).collect::<String>())
+            }
+            Self::Transport(e) => e.clone(),
+        }
+    }
+}
+
+impl From<reqwest::Error> for OpError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Transport(format!("{e:#}"))
+    }
+}
+
+/// Sends a request, checks for a 2xx answer and reads the whole body (so the connection can be
+/// reused).
+pub async fn send_checked(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, OpError> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(OpError::Status(
+            status.as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+}
+
+/// Latency percentiles of the successful requests, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    fn from_nanos(mut v: Vec<u64>) -> Self {
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| {
+            // Nearest rank.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            ms(v[rank - 1])
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let mean = v.iter().map(|&n| n as f64).sum::<f64>() / v.len() as f64 / 1e6;
+        Self {
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: v.last().copied().map_or(0.0, ms),
+            mean_ms: mean,
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms(nanos: u64) -> f64 {
+    nanos as f64 / 1e6
+}
+
+/// What a load phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSummary {
+    /// What was requested, e.g. `GET /v1/models/bench/alias/aliases/champion`.
+    pub operation: String,
+    /// Concurrent workers (and connections).
+    pub concurrency: usize,
+    /// Measured seconds (from the end of the warm-up until the last worker stopped).
+    pub wall_secs: f64,
+    /// Successful requests in the measured window.
+    pub ok: u64,
+    /// Successful requests per second.
+    pub rate_per_sec: f64,
+    /// Answers with an unexpected status.
+    pub errors_status: u64,
+    /// Requests that could not be sent or read.
+    pub errors_transport: u64,
+    /// Requests that took longer than the per-request timeout.
+    pub timeouts: u64,
+    /// The first error seen, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Latency of the successful requests.
+    pub latency: Latency,
+    /// Requests issued over the whole phase, warm-up included (what `cpu_secs` paid for).
+    pub requests_incl_warmup: u64,
+    /// CPU seconds of this process's thread groups over the phase (warm-up included).
+    pub cpu_secs: BTreeMap<String, f64>,
+    /// CPU microseconds per request (warm-up included) of the server's threads and of the
+    /// load generator's.
+    pub cpu_us_per_request: BTreeMap<String, f64>,
+}
+
+impl LoadSummary {
+    /// Every failed request.
+    pub fn errors(&self) -> u64 {
+        self.errors_status + self.errors_transport + self.timeouts
+    }
+}
+
+struct WorkerResult<T> {
+    latencies: Vec<u64>,
+    outputs: Vec<T>,
+    errors_status: u64,
+    errors_transport: u64,
+    timeouts: u64,
+    first_error: Option<String>,
+    finished: Instant,
+    issued: u64,
+}
+
+/// Runs `op` from `concurrency` workers: first for `warmup` (not counted), then for `duration`.
+/// `op(worker, seq)` does one request. Returns the summary and the outputs of the measured,
+/// successful operations (e.g. the version numbers assigned).
+pub async fn run<T, F, Fut>(
+    operation: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<(LoadSummary, Vec<T>)>
+where
+    T: Send + 'static,
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let cpu_before = crate::cpu::Snapshot::take();
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency.max(1) {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut r = WorkerResult {
+                latencies: Vec::with_capacity(4096),
+                outputs: Vec::new(),
+                errors_status: 0,
+                errors_transport: 0,
+                timeouts: 0,
+                first_error: None,
+                finished: Instant::now(),
+                issued: 0,
+            };
+            let mut seq = 0u64;
+            loop {
+                let began = Instant::now();
+                if began >= deadline {
+                    break;
+                }
+                let measured = began >= measure_from;
+                let outcome = tokio::time::timeout(REQUEST_TIMEOUT, op(w, seq)).await;
+                seq += 1;
+                let took = began.elapsed();
+                if !measured {
+                    continue;
+                }
+                match outcome {
+                    Ok(Ok(out)) => {
+                        r.latencies
+                            .push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                        r.outputs.push(out);
+                    }
+                    Ok(Err(e)) => {
+                        match e {
+                            OpError::Status(..) => r.errors_status += 1,
+                            OpError::Transport(_) => r.errors_transport += 1,
+                        }
+                        if r.first_error.is_none() {
+                            r.first_error = Some(e.describe());
+                        }
+                    }
+                    Err(_) => {
+                        r.timeouts += 1;
+                        if r.first_error.is_none() {
+                            r.first_error = Some(format!("timed out after {REQUEST_TIMEOUT:?}"));
+                        }
+                    }
+                }
+            }
+            r.finished = Instant::now();
+            r.issued = seq;
+            r
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut outputs = Vec::new();
+    let (mut errors_status, mut errors_transport, mut timeouts) = (0, 0, 0);
+    let mut first_error = None;
+    let mut finished = deadline;
+    let mut issued = 0;
+    for w in workers {
+        let r = w
+            .await
+            .map_err(|e| anyhow::anyhow!("a load worker failed: {e}"))?;
+        latencies.extend(r.latencies);
+        outputs.extend(r.outputs);
+        errors_status += r.errors_status;
+        errors_transport += r.errors_transport;
+        timeouts += r.timeouts;
+        first_error = first_error.or(r.first_error);
+        finished = finished.max(r.finished);
+        issued += r.issued;
+    }
+    let cpu_secs = crate::cpu::Snapshot::take().since(&cpu_before);
+    let cpu_us_per_request = crate::cpu::per_request(&cpu_secs, issued);
+    let wall = finished
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-9);
+    let ok = latencies.len() as u64;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = ok as f64 / wall;
+    Ok((
+        LoadSummary {
+            operation: operation.to_owned(),
+            concurrency,
+            wall_secs: wall,
+            ok,
+            rate_per_sec: rate,
+            errors_status,
+            errors_transport,
+            timeouts,
+            first_error,
+            latency: Latency::from_nanos(latencies),
+            requests_incl_warmup: issued,
+            cpu_secs,
+            cpu_us_per_request,
+        },
+        outputs,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let l = Latency::from_nanos((1..=100).map(|i| i * 1_000_000).collect());
+        assert!((l.p50_ms - 50.0).abs() < 1e-9);
+        assert!((l.p99_ms - 99.0).abs() < 1e-9);
+        assert!((l.max_ms - 100.0).abs() < 1e-9);
+        assert!((l.mean_ms - 50.5).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn a_phase_stops_on_time_and_counts_errors() -> anyhow::Result<()> {
+        let (s, out) = run(
+            "noop",
+            4,
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+            |_, seq| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if seq % 2 == 0 {
+                    Ok(seq)
+                } else {
+                    Err(OpError::Status(500, "boom".into()))
+                }
+            },
+        )
+        .await?;
+        assert!(s.wall_secs < 1.0);
+        assert_eq!(out.len() as u64, s.ok);
+        assert!(s.ok > 0 && s.errors_status > 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! `ballast router`: starts the data plane from a static routes file, says where it listens,
+//! reloads the file on SIGHUP, and serves until SIGINT or SIGTERM (draining in-flight requests).
+
+use anyhow::Context as _;
+use ballast_router::{Router, RouterConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RouterArgs;
+use crate::output;
+
+/// Runs the router until a shutdown signal.
+///
+/// # Errors
+/// No usable routing snapshot, or an address that cannot be bound.
+pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
+    let mut config = RouterConfig::new(args.region.clone());
+    config.listen = args.listen;
+    config.routes_file = args.config.clone();
+    config.state_dir = Some(args.state_dir.clone());
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let router = Router::bind(config).await.with_context(|| {
+        format!(
+            "cannot start the router on {} (routes file {}, state in {})",
+            args.listen,
+            args.config
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+            args.state_dir.display()
+        )
+    })?;
+    let addr = router.local_addr().context("cannot read the bound address")?;
+    let handle = router.handle();
+    let snapshot = handle.snapshot();
+    tracing::info!(listen = %addr, region = %args.region, generation = snapshot.generation, "ballast router ready");
+    if json {
+        output::json(&serde_json::json!({
+            "listen": addr.to_string(),
+            "url": format!("http://{addr}"),
+            "region": args.region,
+            "generation": snapshot.generation,
+            "digest": snapshot.digest,
+        }))?;
+    } else {
+        outln!(
+            "ballast router ({}) listening on http://{addr}, routing snapshot generation {}",
+            args.region,
+            snapshot.generation
+        );
+    }
+    let reloader = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match handle.reload() {
+                Ok(outcome) => tracing::info!(?outcome, "SIGHUP: routes file reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the active snapshot stays"),
+            }
+        }
+    });
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutdown requested");
+    };
+    let result = router.serve(shutdown).await;
+    reloader.abort();
+    result.context("the router stopped with an error")?;
+    tracing::info!("ballast router stopped");
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! Request and response bodies of proxied requests.
+//!
+//! A request body is read into memory up to the route's replay bound, so every attempt can send
+//! it again. A larger body is streamed: the buffered head first, then the rest straight from the
+//! client; an attempt that never started to send it leaves it for the next attempt, and once it
+//! started to flow it cannot be retried. A response body is handed on frame by frame with the
+//! first frame already read (the point after which the router no longer fails over).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+
+/// Boxed error of a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What was read of a client's request body.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The whole body (replayable).
+    Full(Bytes),
+    /// The head of a body larger than the bound, and the rest still to be streamed.
+    Partial(StreamSource),
+}
+
+/// A body larger than the replay bound: its head and the shared rest.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    head: Bytes,
+    rest: Arc<Mutex<Option<axum::body::Body>>>,
+    started: Arc<AtomicBool>,
+    client_failed: Arc<AtomicBool>,
+}
+
+impl StreamSource {
+    /// Whether an attempt already sent part of the body (so it cannot be sent again).
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether the client's body broke while being forwarded.
+    #[must_use]
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Acquire)
+    }
+}
+
+/// Reads up to `limit` bytes of `body`. Errors are the client's.
+///
+/// # Errors
+/// The client's body failed while it was read.
+pub async fn read_bounded(mut body: axum::body::Body, limit: usize) -> Result<RequestBody, axum::Error> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        if len > limit {
+            break;
+        }
+        match body.frame().await {
+            None => {
+                return Ok(RequestBody::Full(concat(chunks, len)));
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len();
+                    chunks.push(data);
+                }
+            }
+        }
+    }
+    Ok(RequestBody::Partial(StreamSource {
+        head: concat(chunks, len),
+        rest: Arc::new(Mutex::new(Some(body))),
+        started: Arc::new(AtomicBool::new(false)),
+        client_failed: Arc::new(AtomicBool::new(false)),
+    }))
+}
+
+fn concat(chunks: Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut v = Vec::with_capacity(len);
+    for c in chunks {
+        v.extend_from_slice(&c);
+    }
+    Bytes::from(v)
+}
+
+/// The body of one upstream attempt.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A replayable copy (or nothing).
+    Full(Option<Bytes>),
+    /// A streamed body.
+    Stream(StreamBody),
+}
+
+impl ProxyBody {
+    /// A body for one attempt.
+    #[must_use]
+    pub fn for_attempt(body: &RequestBody) -> Self {
+        match body {
+            RequestBody::Full(b) if b.is_empty() => Self::Full(None),
+            RequestBody::Full(b) => Self::Full(Some(b.clone())),
+            RequestBody::Partial(src) => Self::Stream(StreamBody {
+                head: Some(src.head.clone()).filter(|b| !b.is_empty()),
+                inner: None,
+                src: src.clone(),
+                done: false,
+            }),
+        }
+    }
+
+    /// An empty body.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+}
+
+/// A streamed request body for one attempt.
+#[derive(Debug)]
+pub struct StreamBody {
+    head: Option<Bytes>,
+    inner: Option<axum::body::Body>,
+    src: StreamSource,
+    done: bool,
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Stream(s) => s.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Stream(s) => s.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl StreamBody {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        self.src.started.store(true, Ordering::Release);
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if self.inner.is_none() {
+            self.inner = match self.src.rest.lock() {
+                Ok(mut g) => g.take(),
+                Err(p) => p.into_inner().take(),
+            };
+            if self.inner.is_none() {
+                self.done = true;
+                return Poll::Ready(Some(Err(
+                    "the request body was already sent by an earlier attempt".into(),
+                )));
+            }
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                self.src.client_failed.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Called once when a response that already started to flow breaks.
+pub type OnStreamError = Box<dyn FnOnce() + Send + Sync>;
+
+/// A response body with its first frame already read.
+pub struct UpstreamBody {
+    first: Option<Frame<Bytes>>,
+    inner: hyper::body::Incoming,
+    on_error: Option<OnStreamError>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// Wraps a response body whose first frame was read.
+    #[must_use]
+    pub fn new(first: Option<Frame<Bytes>>, inner: hyper::body::Incoming, on_error: OnStreamError) -> Self {
+        Self {
+            first,
+            inner,
+            on_error: Some(on_error),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(f) = this.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(cb) = this.on_error.take() {
+                    cb();
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let Some(len) = self.first.as_ref().and_then(Frame::data_ref).map(Bytes::len) else {
+            return inner;
+        };
+        let len = len as u64;
+        // Raise the upper bound first: SizeHint insists on lower <= upper at every step.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(len));
+        }
+        hint.set_lower(inner.lower().saturating_add(len));
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[tokio::test]
+    async fn small_bodies_are_replayable_and_large_ones_stream_once() {
+        let body = read_bounded(axum::body::Body::from("hello"), 10).await.unwrap();
+        let RequestBody::Full(b) = &body else {
+            panic!("expected full")
+        };
+        assert_eq!(b.as_ref(), b"hello");
+        for _ in 0..2 {
+            let got = ProxyBody::for_attempt(&body).collect().await.unwrap().to_bytes();
+            assert_eq!(got.as_ref(), b"hello");
+        }
+
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"aaaa")),
+            Ok(Bytes::from_static(b"bbbb")),
+            Ok(Bytes::from_static(b"cccc")),
+        ];
+        let stream = futures_util::stream::iter(chunks);
+        let body = read_bounded(axum::body::Body::from_stream(stream), 5)
+            .await
+            .unwrap();
+        let RequestBody::Partial(src) = &body else {
+            panic!("expected partial")
+        };
+        assert!(!src.started());
+        // An attempt that never polled its body leaves it for the next one.
+        drop(ProxyBody::for_attempt(&body));
+        assert!(!src.started());
+        let got = ProxyBody::for_attempt(&body).collect().await.unwrap().to_bytes();
+        assert_eq!(got.as_ref(), b"aaaabbbbcccc");
+        assert!(src.started());
+        // A second attempt cannot send it again.
+        assert!(ProxyBody::for_attempt(&body).collect().await.is_err());
+    }
+}

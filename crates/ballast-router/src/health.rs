@@ -1,0 +1,399 @@
+//! Health of one target: passive outlier detection (consecutive failures eject it, with an
+//! exponential back-off), a half-open state where one probe decides whether it returns, the
+//! cool-down a `429 Retry-After` asks for, and the verdict of active checks — kept apart and
+//! combined only when asked whether the target is available.
+//!
+//! Every method takes `now`, so the state machine is tested without real time.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ballast_api::routing::{ActiveCheck, HealthPolicy};
+use serde::Serialize;
+
+/// Whether a target may take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Healthy: route to it.
+    Available,
+    /// Its ejection ended: one request (or probe) may try it.
+    Probe,
+    /// Ejected, cooling down after a 429, failing active checks, or already being probed.
+    Unavailable,
+}
+
+/// Where a target is in its life cycle (for `/admin/targets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Serving.
+    Healthy,
+    /// Ejected by outlier detection until its back-off ends.
+    Ejected,
+    /// Back-off over, waiting for a probe to succeed.
+    HalfOpen,
+}
+
+/// What a recorded failure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureEffect {
+    /// Counted, nothing else.
+    Counted,
+    /// The target is now ejected (for this long).
+    Ejected(Duration),
+    /// Ejection was due but the route's maximum ejection share was reached.
+    EjectionCapped,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    consecutive_failures: u32,
+    /// Set while ejected; once passed, the target is half-open.
+    ejected_until: Option<Instant>,
+    /// Ejections in a row (drives the back-off); cleared after a healthy period.
+    ejections_in_row: u32,
+    returned_at: Option<Instant>,
+    probe_in_flight: bool,
+    cooldown_until: Option<Instant>,
+    active_down: bool,
+    active_successes: u32,
+    active_failures: u32,
+    total_ejections: u64,
+}
+
+/// Health of one target, shared by every request and the checker task.
+#[derive(Debug)]
+pub struct TargetHealth {
+    state: Mutex<State>,
+}
+
+/// A point-in-time view of a target's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Ejections in a row.
+    pub ejections_in_row: u32,
+    /// Ejections since the router started.
+    pub total_ejections: u64,
+    /// Milliseconds left in the current ejection.
+    pub ejected_for_ms: u64,
+    /// Milliseconds left of a `Retry-After` cool-down.
+    pub cooldown_ms: u64,
+    /// Whether active checks currently fail.
+    pub active_down: bool,
+    /// Whether a probe is under way.
+    pub probing: bool,
+}
+
+fn backoff(policy: &HealthPolicy, ejections_in_row: u32) -> Duration {
+    let base = policy.base_ejection_ms;
+    let factor = 1u64.checked_shl(ejections_in_row.min(20)).unwrap_or(u64::MAX);
+    Duration::from_millis(base.saturating_mul(factor).min(policy.max_ejection_ms))
+}
+
+fn ms_left(until: Option<Instant>, now: Instant) -> u64 {
+    until.map_or(0, |u| {
+        u64::try_from(u.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+impl Default for TargetHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TargetHealth {
+    /// A healthy target.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        match self.state.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Whether the target may take a request now.
+    pub fn availability(&self, now: Instant) -> Availability {
+        self.with(|s| {
+            if s.active_down || s.cooldown_until.is_some_and(|u| now < u) {
+                return Availability::Unavailable;
+            }
+            match s.ejected_until {
+                Some(u) if now < u => Availability::Unavailable,
+                Some(_) if s.probe_in_flight => Availability::Unavailable,
+                Some(_) => Availability::Probe,
+                None => Availability::Available,
+            }
+        })
+    }
+
+    /// Whether the target counts as healthy capacity (available, not half-open).
+    pub fn is_healthy(&self, now: Instant) -> bool {
+        self.availability(now) == Availability::Available
+    }
+
+    /// Whether outlier detection currently holds the target out (ejected or half-open).
+    pub fn is_ejected(&self) -> bool {
+        self.with(|s| s.ejected_until.is_some())
+    }
+
+    /// When the current ejection ends, if ejected.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.with(|s| s.ejected_until)
+    }
+
+    /// Claims the single probe slot of a half-open target. False when it is not half-open or
+    /// another probe is under way.
+    pub fn try_begin_probe(&self, now: Instant) -> bool {
+        self.with(|s| match s.ejected_until {
+            Some(u) if now >= u && !s.probe_in_flight => {
+                s.probe_in_flight = true;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Releases a probe slot whose request ended without a verdict (cancelled).
+    pub fn abandon_probe(&self) {
+        self.with(|s| s.probe_in_flight = false);
+    }
+
+    /// A successful attempt (any answer that is neither 5xx nor 429, or a probe that passed).
+    pub fn record_success(&self, now: Instant, policy: &HealthPolicy) {
+        self.with(|s| {
+            s.consecutive_failures = 0;
+            if let Some(u) = s.ejected_until {
+                if now >= u {
+                    // Half-open probe passed: back in service.
+                    s.ejected_until = None;
+                    s.probe_in_flight = false;
+                    s.returned_at = Some(now);
+                }
+            } else if s.ejections_in_row > 0
+                && s.returned_at
+                    .is_some_and(|r| now.saturating_duration_since(r) >= backoff(policy, s.ejections_in_row))
+            {
+                // Healthy for as long as the last back-off: forget the streak.
+                s.ejections_in_row = 0;
+            }
+        });
+    }
+
+    /// A failed attempt (connect error, timeout, 5xx, broken stream). `may_eject` says whether
+    /// the route's ejection share allows one more ejection.
+    pub fn record_failure(&self, now: Instant, policy: &HealthPolicy, may_eject: bool) -> FailureEffect {
+        self.with(|s| {
+            if let Some(u) = s.ejected_until {
+                if now >= u {
+                    // The half-open probe failed: eject again, longer.
+                    let d = backoff(policy, s.ejections_in_row);
+                    s.ejections_in_row = s.ejections_in_row.saturating_add(1);
+                    s.ejected_until = Some(now + d);
+                    s.probe_in_flight = false;
+                    s.total_ejections += 1;
+                    return FailureEffect::Ejected(d);
+                }
+                // A request sent before the ejection: already out.
+                return FailureEffect::Counted;
+            }
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            if s.consecutive_failures < policy.consecutive_failures {
+                return FailureEffect::Counted;
+            }
+            if !may_eject {
+                return FailureEffect::EjectionCapped;
+            }
+            let d = backoff(policy, s.ejections_in_row);
+            s.ejections_in_row = s.ejections_in_row.saturating_add(1);
+            s.ejected_until = Some(now + d);
+            s.consecutive_failures = 0;
+            s.total_ejections += 1;
+            FailureEffect::Ejected(d)
+        })
+    }
+
+    /// A 429: skip the target until `Retry-After` (capped by the longest ejection).
+    pub fn record_rate_limited(&self, now: Instant, retry_after: Option<Duration>, policy: &HealthPolicy) {
+        if let Some(ra) = retry_after {
+            let d = ra.min(Duration::from_millis(policy.max_ejection_ms));
+            self.with(|s| {
+                let until = now + d;
+                if s.cooldown_until.is_none_or(|c| c < until) {
+                    s.cooldown_until = Some(until);
+                }
+            });
+        }
+    }
+
+    /// The verdict of an active check; returns true when it changed the active state.
+    pub fn record_active(&self, ok: bool, check: &ActiveCheck) -> bool {
+        self.with(|s| {
+            if ok {
+                s.active_failures = 0;
+                s.active_successes = s.active_successes.saturating_add(1);
+                if s.active_down && s.active_successes >= check.healthy_threshold {
+                    s.active_down = false;
+                    return true;
+                }
+            } else {
+                s.active_successes = 0;
+                s.active_failures = s.active_failures.saturating_add(1);
+                if !s.active_down && s.active_failures >= check.unhealthy_threshold {
+                    s.active_down = true;
+                    return true;
+                }
+            }
+            false
+        })
+    }
+
+    /// A view for `/admin/targets`.
+    pub fn view(&self, now: Instant) -> HealthView {
+        self.with(|s| HealthView {
+            phase: match s.ejected_until {
+                Some(u) if now < u => Phase::Ejected,
+                Some(_) => Phase::HalfOpen,
+                None => Phase::Healthy,
+            },
+            consecutive_failures: s.consecutive_failures,
+            ejections_in_row: s.ejections_in_row,
+            total_ejections: s.total_ejections,
+            ejected_for_ms: ms_left(s.ejected_until, now),
+            cooldown_ms: ms_left(s.cooldown_until, now),
+            active_down: s.active_down,
+            probing: s.probe_in_flight,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> HealthPolicy {
+        HealthPolicy {
+            consecutive_failures: 3,
+            base_ejection_ms: 100,
+            max_ejection_ms: 350,
+            ..HealthPolicy::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_exponential_backoff_and_half_open_probe() {
+        let p = policy();
+        let h = TargetHealth::new();
+        let t0 = Instant::now();
+        assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        h.record_success(t0, &p); // a success resets the count
+        assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        assert_eq!(
+            h.record_failure(t0, &p, true),
+            FailureEffect::Ejected(Duration::from_millis(100))
+        );
+        assert_eq!(
+            h.availability(t0 + Duration::from_millis(99)),
+            Availability::Unavailable
+        );
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(h.availability(t1), Availability::Probe);
+        assert!(!h.is_healthy(t1));
+        // One probe at a time.
+        assert!(h.try_begin_probe(t1));
+        assert!(!h.try_begin_probe(t1));
+        assert_eq!(h.availability(t1), Availability::Unavailable);
+        // The probe fails: ejected again for twice as long.
+        assert_eq!(
+            h.record_failure(t1, &p, true),
+            FailureEffect::Ejected(Duration::from_millis(200))
+        );
+        let t2 = t1 + Duration::from_millis(200);
+        assert!(h.try_begin_probe(t2));
+        // Fails again: capped at max_ejection_ms.
+        assert_eq!(
+            h.record_failure(t2, &p, true),
+            FailureEffect::Ejected(Duration::from_millis(350))
+        );
+        let t3 = t2 + Duration::from_millis(350);
+        assert!(h.try_begin_probe(t3));
+        h.record_success(t3, &p);
+        assert_eq!(h.availability(t3), Availability::Available);
+        assert_eq!(h.view(t3).total_ejections, 3);
+        // After staying healthy for a back-off period, the streak is forgotten.
+        h.record_success(t3 + Duration::from_secs(1), &p);
+        assert_eq!(h.view(t3).ejections_in_row, 0);
+    }
+
+    #[test]
+    fn abandoned_probe_frees_the_slot_and_capped_ejection_keeps_target() {
+        let p = policy();
+        let h = TargetHealth::new();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            h.record_failure(t0, &p, false);
+        }
+        assert_eq!(h.record_failure(t0, &p, false), FailureEffect::EjectionCapped);
+        assert!(h.is_healthy(t0));
+        assert!(matches!(
+            h.record_failure(t0, &p, true),
+            FailureEffect::Ejected(_)
+        ));
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(h.try_begin_probe(t1));
+        h.abandon_probe();
+        assert!(h.try_begin_probe(t1));
+    }
+
+    #[test]
+    fn retry_after_cools_down_without_ejecting() {
+        let p = policy();
+        let h = TargetHealth::new();
+        let t0 = Instant::now();
+        h.record_rate_limited(t0, Some(Duration::from_millis(50)), &p);
+        assert_eq!(h.availability(t0), Availability::Unavailable);
+        assert_eq!(
+            h.availability(t0 + Duration::from_millis(50)),
+            Availability::Available
+        );
+        // Capped at max_ejection_ms.
+        h.record_rate_limited(t0, Some(Duration::from_secs(3600)), &p);
+        assert_eq!(
+            h.availability(t0 + Duration::from_millis(351)),
+            Availability::Available
+        );
+        assert!(!h.is_ejected());
+    }
+
+    #[test]
+    fn active_checks_use_thresholds() {
+        let c = ActiveCheck {
+            path: "/health".into(),
+            interval_ms: 100,
+            timeout_ms: 100,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        };
+        let h = TargetHealth::new();
+        let t0 = Instant::now();
+        assert!(!h.record_active(false, &c));
+        assert!(h.is_healthy(t0));
+        assert!(h.record_active(false, &c));
+        assert!(!h.is_healthy(t0));
+        assert!(!h.record_active(true, &c));
+        assert!(!h.is_healthy(t0));
+        assert!(h.record_active(true, &c));
+        assert!(h.is_healthy(t0));
+    }
+}

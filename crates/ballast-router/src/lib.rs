@@ -1,0 +1,328 @@
+//! `ballast-router`: Ballast's data plane. It takes inference traffic (OpenAI-compatible
+//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, chosen by the body's `model`, and
+//! generic prefix routes) and sends each request to a healthy copy of the model, whatever breaks.
+//!
+//! How it fits: a [`RoutingSnapshot`](ballast_api::routing::RoutingSnapshot) (from a static
+//! `routes.toml` today, from the registry later) is validated, persisted as last-known-good and
+//! swapped in atomically ([`state`]); it is compiled into a [`table`]; each request gets an
+//! attempt plan ([`select`]: local region, other regions, fallback routes; weighted splits and
+//! sticky sessions) and walks it under one deadline ([`proxy`]), guarded by per-target
+//! [`health`] (passive ejection, half-open probes, active checks — [`checker`]), a retry
+//! [`budget`] and region [`failover`] with hold-down. Everything is counted in [`metrics`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ballast_router::RouterConfig::new("eu-west");
+//! config.routes_file = Some("routes.toml".into());
+//! let router = ballast_router::Router::bind(config).await?;
+//! println!("listening on {}", router.local_addr()?);
+//! router.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod body;
+pub mod budget;
+pub mod checker;
+pub mod config;
+pub mod error;
+pub mod failover;
+pub mod health;
+pub mod lkg;
+pub mod metrics;
+pub mod proxy;
+pub mod select;
+pub mod state;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::routing::get;
+use ballast_api::routing::RoutingSnapshot;
+
+pub use crate::config::{load_routes_file, ConfigError, RouterConfig};
+pub use crate::error::{ErrorKind, ErrorSource, RouterError};
+pub use crate::state::{OfferOutcome, OfferRejected};
+
+use crate::state::Shared;
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Neither the routes file nor the last-known-good snapshot gave a usable snapshot.
+    #[error("no usable routing snapshot: {0}")]
+    NoSnapshot(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The router has no routes file to reload.
+    #[error("the router has no routes file")]
+    NoFile,
+    /// The file could not be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The snapshot was refused.
+    #[error(transparent)]
+    Rejected(#[from] OfferRejected),
+}
+
+/// A handle to a running router: reload, offer snapshots, read what is active.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    shared: Arc<Shared>,
+}
+
+impl RouterHandle {
+    /// Re-reads the routes file (what SIGHUP and the file watcher do).
+    ///
+    /// # Errors
+    /// No file, an unusable file, or a refused snapshot; the active one stays.
+    pub fn reload(&self) -> Result<OfferOutcome, ReloadError> {
+        let path = self
+            .shared
+            .config
+            .routes_file
+            .as_ref()
+            .ok_or(ReloadError::NoFile)?;
+        reload_file(&self.shared, path)
+    }
+
+    /// Offers a snapshot from another source (e.g. the registry).
+    ///
+    /// # Errors
+    /// Why it was refused; the active one stays.
+    pub fn offer(&self, snapshot: RoutingSnapshot) -> Result<OfferOutcome, OfferRejected> {
+        self.shared.offer(snapshot, "api")
+    }
+
+    /// The active snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<RoutingSnapshot> {
+        Arc::clone(&self.shared.active().snapshot)
+    }
+
+    /// The Prometheus text of the router's metrics.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(state::unix_ms(SystemTime::now()))
+    }
+}
+
+fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<OfferOutcome, ReloadError> {
+    match load_routes_file(path) {
+        Ok(s) => Ok(shared.offer(s, "file")?),
+        Err(e) => {
+            shared.metrics.snapshot_loads.with(&["file", "invalid"]).inc();
+            tracing::error!(error = %e, "routes file not loaded; the active snapshot stays");
+            Err(e.into())
+        }
+    }
+}
+
+/// A bound router, ready to serve.
+#[derive(Debug)]
+pub struct Router {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    _background: Background,
+}
+
+/// Picks the first snapshot: the newer of the routes file and the last-known-good one.
+fn initial_snapshot(config: &RouterConfig) -> Result<(RoutingSnapshot, &'static str), StartError> {
+    let mut problems = Vec::new();
+    let lkg = match &config.state_dir {
+        Some(dir) => match lkg::load(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "last-known-good snapshot unusable");
+                problems.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    let file = match &config.routes_file {
+        Some(path) => match load_routes_file(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "routes file unusable; trying the last-known-good snapshot");
+                problems.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    match (file, lkg) {
+        (Some(f), Some(l))
+            if l.generation > f.generation || (l.generation == f.generation && l.digest != f.digest) =>
+        {
+            tracing::warn!(
+                file_generation = f.generation,
+                lkg_generation = l.generation,
+                "the routes file is not newer than the last-known-good snapshot; serving the last-known-good one"
+            );
+            Ok((l, "last_known_good"))
+        }
+        (Some(f), _) => Ok((f, "file")),
+        (None, Some(l)) => {
+            tracing::warn!(generation = l.generation, "serving the last-known-good snapshot");
+            Ok((l, "last_known_good"))
+        }
+        (None, None) => {
+            if problems.is_empty() {
+                problems.push(
+                    "give a routes file (--config) or a state directory holding a last-known-good snapshot"
+                        .to_owned(),
+                );
+            }
+            Err(StartError::NoSnapshot(problems.join("; ")))
+        }
+    }
+}
+
+type FileStamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &PathBuf) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Router {
+    /// Loads the first snapshot (routes file or last-known-good), binds the listener and starts
+    /// the file watcher and health checkers.
+    ///
+    /// # Errors
+    /// No usable snapshot, or the address cannot be bound.
+    pub async fn bind(config: RouterConfig) -> Result<Self, StartError> {
+        let first_stamp = config.routes_file.as_ref().and_then(stamp);
+        let (snapshot, source) = initial_snapshot(&config)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        if let Some(dir) = &config.state_dir {
+            let current = lkg::load(dir).ok().flatten();
+            if current.as_ref().map(|c| &c.digest) != Some(&snapshot.digest) {
+                if let Err(e) = lkg::save(dir, &snapshot) {
+                    tracing::error!(error = %e, dir = %dir.display(), "cannot persist the last-known-good snapshot");
+                }
+            }
+        }
+        tracing::info!(generation = snapshot.generation, source, region = %config.region, "routing snapshot loaded");
+        let shared = Shared::new(config, snapshot, source);
+        let active = shared.active();
+        shared.restart_checkers(&active);
+        let watcher = shared.config.routes_file.clone().map(|path| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut last = first_stamp;
+                loop {
+                    tokio::time::sleep(shared.config.watch_interval).await;
+                    let now = stamp(&path);
+                    if now != last {
+                        last = now;
+                        if now.is_some() {
+                            let _ = reload_file(&shared, &path);
+                        }
+                    }
+                }
+            })
+        });
+        Ok(Self {
+            listener,
+            _background: Background {
+                watcher,
+                shared: Arc::clone(&shared),
+            },
+            shared,
+        })
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// The socket cannot tell.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle for reloads and inspection.
+    #[must_use]
+    pub fn handle(&self) -> RouterHandle {
+        RouterHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+    /// (up to the configured grace period).
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn serve<F>(self, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let app = axum::Router::new()
+            .route("/healthz", get(admin::healthz))
+            .route("/readyz", get(admin::readyz))
+            .route("/metrics", get(admin::metrics))
+            .route("/routes", get(admin::routes))
+            .route("/admin/targets", get(admin::targets))
+            .fallback(proxy::handle)
+            .with_state(Arc::clone(&self.shared));
+        let grace = self.shared.config.shutdown_grace;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(());
+        });
+        let result = tokio::select! {
+            r = server => r,
+            () = async move {
+                if rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!("shutdown grace period over; closing remaining connections");
+                Ok(())
+            }
+        };
+        drop(self._background);
+        result
+    }
+}
+
+/// Stops the background tasks when the router goes away, served or not.
+#[derive(Debug)]
+struct Background {
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
+        self.shared.stop_checkers();
+    }
+}

@@ -1,0 +1,283 @@
+//! The compiled routing table: a validated snapshot turned into what a request needs (routes by
+//! name and by prefix, each target's parsed base URL, the tier order of regions for this
+//! router's region), linked to the runtime state that outlives a reload (target health by id,
+//! retry budget and failover state by route name).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ballast_api::routing::{Route, RouteKind, RoutingSnapshot, Target};
+use http::uri::{Authority, Scheme};
+
+use crate::budget::RetryBudget;
+use crate::failover::FailoverState;
+use crate::health::TargetHealth;
+
+/// A target ready to be called.
+#[derive(Debug)]
+pub struct TargetRt {
+    /// As in the snapshot.
+    pub spec: Target,
+    /// The route it belongs to.
+    pub route: String,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host:port`.
+    pub authority: Authority,
+    /// Path of the base URL without its trailing `/` (may be empty).
+    pub base_path: String,
+    /// Health, kept across reloads while the id and URL stay the same.
+    pub health: Arc<TargetHealth>,
+}
+
+/// Per-route state that survives reloads.
+#[derive(Debug, Default)]
+pub struct RouteState {
+    /// Retry budget.
+    pub budget: RetryBudget,
+    /// Region failover.
+    pub failover: Mutex<FailoverState>,
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct RouteRt {
+    /// As in the snapshot.
+    pub spec: Route,
+    /// Its targets.
+    pub targets: Vec<Arc<TargetRt>>,
+    /// Regions in tier order as seen from this router: local first, then the configured
+    /// failover order, then the rest in order of appearance.
+    pub region_order: Vec<String>,
+    /// Whether any target is in the router's region.
+    pub has_local: bool,
+    /// State kept across reloads.
+    pub state: Arc<RouteState>,
+}
+
+/// The state that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct Runtime {
+    health: Mutex<HashMap<String, (String, Arc<TargetHealth>)>>,
+    routes: Mutex<HashMap<String, Arc<RouteState>>>,
+}
+
+impl Runtime {
+    /// Every target's health, by id (for the checker and `/admin/targets`).
+    pub fn health_of(&self, id: &str) -> Option<Arc<TargetHealth>> {
+        lock(&self.health).get(id).map(|(_, h)| Arc::clone(h))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The compiled table.
+#[derive(Debug)]
+pub struct Table {
+    /// Routes in snapshot order.
+    pub routes: Vec<Arc<RouteRt>>,
+    by_name: HashMap<String, usize>,
+    /// Prefix routes, longest prefix first.
+    prefixes: Vec<(String, usize)>,
+}
+
+fn parse_base(url: &str) -> Option<(Scheme, Authority, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme()?.clone();
+    let authority = uri.authority()?.clone();
+    let path = uri.path().trim_end_matches('/').to_owned();
+    Some((scheme, authority, path))
+}
+
+impl Table {
+    /// Compiles a validated snapshot for a router in `region`, reusing `runtime` state.
+    #[must_use]
+    pub fn compile(snapshot: &RoutingSnapshot, region: &str, runtime: &Runtime) -> Self {
+        let mut health = lock(&runtime.health);
+        let mut states = lock(&runtime.routes);
+        let mut new_health: HashMap<String, (String, Arc<TargetHealth>)> = HashMap::new();
+        let mut new_states: HashMap<String, Arc<RouteState>> = HashMap::new();
+        let mut routes = Vec::with_capacity(snapshot.routes.len());
+        for route in &snapshot.routes {
+            let mut targets = Vec::with_capacity(route.targets.len());
+            for t in &route.targets {
+                let Some((scheme, authority, base_path)) = parse_base(&t.url) else {
+                    tracing::warn!(target_id = %t.id, url = %t.url, "target URL cannot be used; skipped");
+                    continue;
+                };
+                let h = match health.get(&t.id) {
+                    Some((url, h)) if *url == t.url => Arc::clone(h),
+                    _ => Arc::new(TargetHealth::new()),
+                };
+                new_health.insert(t.id.clone(), (t.url.clone(), Arc::clone(&h)));
+                targets.push(Arc::new(TargetRt {
+                    spec: t.clone(),
+                    route: route.name.clone(),
+                    scheme,
+                    authority,
+                    base_path,
+                    health: h,
+                }));
+            }
+            let state = states
+                .get(&route.name)
+                .map_or_else(|| Arc::new(RouteState::default()), Arc::clone);
+            new_states.insert(route.name.clone(), Arc::clone(&state));
+            let mut region_order = vec![region.to_owned()];
+            if let Some(policy) = snapshot.regions.get(region) {
+                for r in &policy.failover {
+                    if !region_order.contains(r) {
+                        region_order.push(r.clone());
+                    }
+                }
+            }
+            for t in &route.targets {
+                if !region_order.contains(&t.region) {
+                    region_order.push(t.region.clone());
+                }
+            }
+            let has_local = route.targets.iter().any(|t| t.region == region);
+            routes.push(Arc::new(RouteRt {
+                spec: route.clone(),
+                targets,
+                region_order,
+                has_local,
+                state,
+            }));
+        }
+        *health = new_health;
+        *states = new_states;
+        let by_name = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.spec.name.clone(), i))
+            .collect();
+        let mut prefixes: Vec<(String, usize)> = routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.spec.kind == RouteKind::Prefix)
+            .filter_map(|(i, r)| r.spec.prefix.clone().map(|p| (p, i)))
+            .collect();
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Self {
+            routes,
+            by_name,
+            prefixes,
+        }
+    }
+
+    /// The route with this name.
+    #[must_use]
+    pub fn route(&self, name: &str) -> Option<&Arc<RouteRt>> {
+        self.by_name.get(name).map(|&i| &self.routes[i])
+    }
+
+    /// The openai route for a request's `model`.
+    #[must_use]
+    pub fn openai(&self, model: &str) -> Option<&Arc<RouteRt>> {
+        self.route(model).filter(|r| r.spec.kind == RouteKind::Openai)
+    }
+
+    /// The prefix route with the longest prefix matching `path` on a segment boundary.
+    #[must_use]
+    pub fn prefix_match(&self, path: &str) -> Option<&Arc<RouteRt>> {
+        self.prefixes.iter().find_map(|(p, i)| {
+            let p = p.trim_end_matches('/');
+            let hit = p.is_empty()
+                || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')));
+            hit.then(|| &self.routes[*i])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::collections::BTreeMap;
+
+    use ballast_api::routing::{FailoverPolicy, HealthPolicy, RegionPolicy, RetryPolicy, Timeouts};
+
+    use super::*;
+
+    fn target(id: &str, region: &str) -> Target {
+        Target {
+            id: id.into(),
+            url: format!("http://127.0.0.1:1/{id}/"),
+            region: region.into(),
+            model_version: "m/x/1".into(),
+            weight: 1,
+            upstream_model: None,
+        }
+    }
+
+    fn route(name: &str, kind: RouteKind, prefix: Option<&str>, targets: Vec<Target>) -> Route {
+        Route {
+            name: name.into(),
+            kind,
+            prefix: prefix.map(str::to_owned),
+            strip_prefix: false,
+            targets,
+            fallbacks: vec![],
+            split: vec![],
+            sticky_header: "x-session-id".into(),
+            timeouts: Timeouts::default(),
+            retry: RetryPolicy::default(),
+            health: HealthPolicy::default(),
+            failover: FailoverPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn compiles_prefixes_regions_and_keeps_health_across_reloads() {
+        let mut regions = BTreeMap::new();
+        regions.insert(
+            "eu".to_owned(),
+            RegionPolicy {
+                failover: vec!["ap".into(), "us".into()],
+            },
+        );
+        let s1 = RoutingSnapshot::new(
+            1,
+            regions.clone(),
+            vec![
+                route(
+                    "bot",
+                    RouteKind::Openai,
+                    None,
+                    vec![target("a", "us"), target("b", "eu")],
+                ),
+                route("api", RouteKind::Prefix, Some("/api"), vec![target("c", "us")]),
+                route(
+                    "apiv2",
+                    RouteKind::Prefix,
+                    Some("/api/v2"),
+                    vec![target("d", "us")],
+                ),
+            ],
+        );
+        let rt = Runtime::default();
+        let t = Table::compile(&s1, "eu", &rt);
+        let bot = t.openai("bot").unwrap();
+        assert_eq!(bot.region_order, vec!["eu", "ap", "us"]);
+        assert!(bot.has_local);
+        assert_eq!(bot.targets[1].base_path, "/b");
+        assert!(t.openai("api").is_none());
+        assert_eq!(t.prefix_match("/api/v2/x").unwrap().spec.name, "apiv2");
+        assert_eq!(t.prefix_match("/api/v3").unwrap().spec.name, "api");
+        assert_eq!(t.prefix_match("/api").unwrap().spec.name, "api");
+        assert!(t.prefix_match("/apix").is_none());
+        let h = Arc::clone(&bot.targets[0].health);
+        let t2 = Table::compile(&s1, "eu", &rt);
+        assert!(Arc::ptr_eq(&h, &t2.openai("bot").unwrap().targets[0].health));
+        // Same id, new URL: fresh health.
+        let mut s2 = s1.clone();
+        s2.routes[0].targets[0].url = "http://127.0.0.1:2".into();
+        let t3 = Table::compile(&s2, "eu", &rt);
+        assert!(!Arc::ptr_eq(&h, &t3.openai("bot").unwrap().targets[0].health));
+    }
+}

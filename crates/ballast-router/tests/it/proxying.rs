@@ -1,0 +1,181 @@
+//! Proxying: OpenAI routes by model, prefix routes, headers, streaming bodies.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+
+use crate::support::{client, target, Mode, TestRouter, Upstream};
+
+#[tokio::test]
+async fn chat_completion_is_routed_by_model_and_says_what_served() {
+    let bot = Upstream::start("bot").await;
+    let emb = Upstream::start("emb").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"support-bot\"\n{}\n[[routes]]\nname = \"embedder\"\n{}",
+        target("bot-a", &bot.url(), "eu", "acme/support-bot/3"),
+        target("emb-a", &format!("{}/base/", emb.url()), "us", "acme/embedder/1"),
+    );
+    let router = TestRouter::start("eu", &toml).await;
+
+    let r = router
+        .chat_with(
+            "support-bot",
+            &[("x-custom", "kept"), ("connection", "x-drop"), ("x-drop", "1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.upstream(), "bot");
+    assert_eq!(r.header("x-ballast-route"), "support-bot");
+    assert_eq!(r.header("x-ballast-target"), "bot-a");
+    assert_eq!(r.header("x-ballast-model-version"), "acme/support-bot/3");
+    assert_eq!(r.header("x-ballast-region"), "eu");
+    assert_eq!(r.header("x-ballast-attempts"), "1");
+    assert_eq!(r.header("x-upstream"), "bot");
+    {
+        let seen = bot.seen.lock().unwrap();
+        assert_eq!(seen.paths[0], "/v1/chat/completions");
+        assert_eq!(seen.headers[0]["x-custom"], "kept");
+        assert!(
+            !seen.headers[0].contains_key("x-drop"),
+            "headers named by Connection are hop-by-hop"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&seen.bodies[0]).unwrap();
+        assert_eq!(body["model"], "support-bot");
+        assert_eq!(body["messages"][0]["content"], "hi");
+    }
+
+    let r = client()
+        .post(router.url("/v1/embeddings?x=1"))
+        .json(&serde_json::json!({"model": "embedder", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ballast-region"], "us");
+    assert_eq!(emb.seen.lock().unwrap().paths[0], "/base/v1/embeddings?x=1");
+}
+
+#[tokio::test]
+async fn unknown_models_and_bad_bodies_get_clear_errors() {
+    let bot = Upstream::start("bot").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}",
+        target("a", &bot.url(), "eu", "m/bot/1")
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    let r = router.chat("nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "unknown_route");
+    assert_eq!(r.json()["error"]["source"], "client");
+    let r = client()
+        .post(router.url("/v1/completions"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let r = client().get(router.url("/elsewhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(bot.hits(), 0);
+}
+
+#[tokio::test]
+async fn prefix_routes_strip_their_prefix_and_keep_method_and_query() {
+    let ocr = Upstream::start("ocr").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"ocr\"\nkind = \"prefix\"\nprefix = \"/ocr\"\nstrip_prefix = true\n{}",
+        target("ocr-a", &format!("{}/v2", ocr.url()), "eu", "acme/ocr/7")
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    let r = client()
+        .put(router.url("/ocr/pages/1?lang=fr"))
+        .body(vec![7u8; 3000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ballast-route"], "ocr");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/v2/pages/1?lang=fr");
+    assert_eq!(body["len"], 3000);
+    // Segment boundaries: /ocrx is not under /ocr.
+    let r = client().get(router.url("/ocrx")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn server_sent_events_stream_through_as_they_come() {
+    let sse = Upstream::start("sse").await;
+    sse.set(Mode::Sse(5, Duration::from_millis(150)));
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}",
+        target("a", &sse.url(), "eu", "m/bot/1")
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    let started = Instant::now();
+    let r = client()
+        .post(router.url("/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "bot", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("\"i\":0"));
+    let mut all = first.to_vec();
+    while let Some(chunk) = stream.next().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    let total = started.elapsed();
+    let text = String::from_utf8(all).unwrap();
+    assert_eq!(text.matches("data:").count(), 5, "{text}");
+    // The first event arrived long before the last one was produced (no buffering).
+    assert!(total >= Duration::from_millis(600), "{total:?}");
+    assert!(
+        first_at + Duration::from_millis(400) < total,
+        "first {first_at:?}, total {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn small_bodies_are_replayed_and_large_ones_are_not_retried_after_they_flowed() {
+    let bad = Upstream::start("bad").await;
+    let good = Upstream::start("good").await;
+    bad.set(Mode::Status(503));
+    let toml = format!(
+        "generation = 1\n[regions.eu]\nfailover = [\"us\"]\n[[routes]]\nname = \"up\"\nkind = \"prefix\"\nprefix = \"/up\"\nretry = {{ replay_buffer_bytes = 1024 }}\nhealth = {{ consecutive_failures = 100 }}\n{}{}",
+        target("bad", &bad.url(), "eu", "m/up/1"),
+        target("good", &good.url(), "us", "m/up/1"),
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    // Small: replayed to the second target byte for byte.
+    let small = vec![1u8; 1000];
+    let r = client()
+        .post(router.url("/up/x"))
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ballast-attempts"], "2");
+    assert_eq!(good.seen.lock().unwrap().bodies[0].as_ref(), small.as_slice());
+    // Large (streamed, not from a fixed buffer): the first target consumed it, no retry.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|_| Ok(vec![2u8; 1024])).collect();
+    let r = client()
+        .post(router.url("/up/x"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-ballast-attempts"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["attempts"][0]["target"], "bad");
+    assert_eq!(bad.seen.lock().unwrap().bodies.last().unwrap().len(), 64 * 1024);
+    assert_eq!(good.hits(), 1);
+}
