@@ -18,7 +18,8 @@ pub enum WebhookCommand {
     /// x-ballast-signature: sha256=HMAC-SHA256(secret, "<timestamp>.<body>").
     Create {
         /// Where to POST events (http:// or https://).
-        url: String,
+        #[arg(value_name = "URL")]
+        target: String,
         /// Deliver only this event type (repeatable; default: every type). See `ballast events types`.
         #[arg(long = "event", value_name = "TYPE")]
         events: Vec<String>,
@@ -158,7 +159,7 @@ fn print_delivery(d: &Delivery) {
 pub async fn run(ctx: &Ctx, cmd: WebhookCommand) -> anyhow::Result<()> {
     match cmd {
         WebhookCommand::Create {
-            url,
+            target: url,
             events,
             namespace,
             model,

@@ -249,3 +249,77 @@ async fn errors_are_clear_and_exit_non_zero() {
         assert!(help.contains(cmd), "--help does not mention {cmd}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_and_event_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+
+    // A receiver that is not there: deliveries stay pending, which is what we inspect.
+    let target = format!("http://127.0.0.1:{}/hook", crate::support::free_port());
+    let hook = json(
+        url,
+        &[
+            "webhook",
+            "create",
+            &target,
+            "--event",
+            "model.created",
+            "--description",
+            "ci",
+        ],
+    );
+    let id = hook["id"].as_u64().unwrap();
+    assert!(
+        hook["secret"].as_str().unwrap().len() >= 16,
+        "the secret is shown on create"
+    );
+    let out = run(url, &["webhook", "create", &target, "--event", "no.such.type"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown event type"));
+
+    json(url, &["model", "create", "hooks/cli"]);
+    let hooks = json(url, &["webhook", "list"]);
+    assert_eq!(hooks[0]["id"], id);
+    assert!(hooks[0].get("secret").is_none(), "the secret is never listed");
+
+    let ping = json(url, &["webhook", "test", &id.to_string()]);
+    let list = json(url, &["webhook", "deliveries", &id.to_string()]);
+    let types: Vec<&str> = list["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["webhook.ping", "model.created"]);
+    let one = json(
+        url,
+        &[
+            "webhook",
+            "deliveries",
+            &id.to_string(),
+            "--delivery",
+            &ping["id"].to_string(),
+        ],
+    );
+    assert_eq!(one["id"], ping["id"]);
+    let out = run(
+        url,
+        &["webhook", "redeliver", &id.to_string(), &ping["id"].to_string()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a pending delivery cannot be redelivered"
+    );
+
+    let events = json(url, &["events", "list", "--type", "model.created"]);
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+    assert_eq!(events["events"][0]["subject"], "hooks/cli");
+    let types = json(url, &["events", "types"]);
+    assert!(types.get("stage_transition.completed").is_some());
+
+    json(url, &["webhook", "rm", &id.to_string()]);
+    assert_eq!(json(url, &["webhook", "list"]).as_array().unwrap().len(), 0);
+}

@@ -6,6 +6,7 @@
 //! fails rolls back to its savepoint and changes nothing; a failed commit fails them all. Reads
 //! run on a small pool of read-only connections (WAL lets them proceed during writes).
 
+mod cache;
 mod events;
 mod ops;
 mod query;
@@ -36,7 +37,7 @@ use crate::{
 /// The most mutations committed together.
 const MAX_BATCH: usize = 512;
 /// Read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+const MAX_IDLE_READERS: usize = 16;
 
 type Finisher = Box<dyn FnOnce(StoreResult<()>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
@@ -48,11 +49,15 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     events: tokio::sync::watch::Receiver<u64>,
+    generation: Arc<cache::Generation>,
+    aliases: cache::Cached<(ModelName, String), Alias>,
+    versions: cache::Cached<(ModelName, u64), Version>,
 }
 
-fn configure(conn: &Connection) -> StoreResult<()> {
+fn configure(conn: &Connection, cache_kib: u32) -> StoreResult<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA cache_size = -16000;")?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; ")?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
     Ok(())
 }
 
@@ -97,7 +102,7 @@ impl SqliteStore {
                 "cannot enable WAL mode (got {mode})"
             )));
         }
-        configure(&conn)?;
+        configure(&conn, 16_000)?;
         migrate(&mut conn)?;
         // The embedded database belongs to one server process: leases held by a previous
         // process (killed mid-delivery) are released so its deliveries resume at once.
@@ -107,10 +112,14 @@ impl SqliteStore {
         )?;
 
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let generation = Arc::new(cache::Generation::default());
         let (events_tx, events_rx) = tokio::sync::watch::channel(events::last_event_id(&conn)?);
         let handle = std::thread::Builder::new()
             .name("ballast-sqlite-writer".into())
-            .spawn(move || writer_loop(&conn, rx, &events_tx))
+            .spawn({
+                let generation = Arc::clone(&generation);
+                move || writer_loop(&conn, rx, &events_tx, &generation)
+            })
             .map_err(|e| StoreError::internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
@@ -118,6 +127,9 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(handle)),
             readers: Arc::new(Mutex::new(Vec::new())),
             events: events_rx,
+            generation,
+            aliases: cache::Cached::default(),
+            versions: cache::Cached::default(),
         })
     }
 
@@ -194,7 +206,7 @@ impl SqliteStore {
                         &path,
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )?;
-                    configure(&c)?;
+                    configure(&c, 2_000)?;
                     c
                 }
             };
@@ -230,6 +242,7 @@ fn writer_loop(
     conn: &Connection,
     mut rx: mpsc::UnboundedReceiver<Job>,
     events_tx: &tokio::sync::watch::Sender<u64>,
+    generation: &cache::Generation,
 ) {
     let mut last_prune = std::time::Instant::now();
     prune_idempotency(conn);
@@ -245,7 +258,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(conn, batch);
+        run_batch(conn, batch, generation);
         if let Ok(last) = events::last_event_id(conn) {
             events_tx.send_if_modified(|v| {
                 let changed = *v != last;
@@ -258,7 +271,7 @@ fn writer_loop(
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
+fn run_batch(conn: &Connection, batch: Vec<Job>, generation: &cache::Generation) {
     // A job that is dropped without running drops its reply channel: its caller gets
     // `unavailable` and nothing was changed.
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -290,6 +303,8 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         tracing::error!(error = %e, "commit failed; the batch was rolled back");
         let _ = conn.execute_batch("ROLLBACK");
     }
+    // Cached reads from before this commit must not be served once anyone learns of it.
+    generation.bump();
     for finish in finishers {
         finish(commit.clone());
     }
@@ -341,12 +356,20 @@ impl Store for SqliteStore {
     }
 
     async fn get_version(&self, name: &ModelName, number: u64) -> StoreResult<Version> {
+        let key = (name.clone(), number);
+        let generation = self.generation.current();
+        if let Some(hit) = self.versions.get(&key, generation) {
+            return Ok(hit);
+        }
         let name = name.clone();
-        self.read(move |conn| {
-            let id = query::model_id(conn, &name)?;
-            query::load_version(conn, id, &name, number)
-        })
-        .await
+        let found = self
+            .read(move |conn| {
+                let id = query::model_id(conn, &name)?;
+                query::load_version(conn, id, &name, number)
+            })
+            .await?;
+        self.versions.put(key, generation, found.clone());
+        Ok(found)
     }
 
     async fn list_versions(&self, name: &ModelName, filter: VersionFilter) -> StoreResult<VersionList> {
@@ -458,12 +481,20 @@ impl Store for SqliteStore {
     }
 
     async fn get_alias(&self, name: &ModelName, alias: &str) -> StoreResult<Alias> {
-        let (name, alias) = (name.clone(), alias.to_owned());
-        self.read(move |conn| {
-            let id = query::model_id(conn, &name)?;
-            query::load_alias(conn, id, &name, &alias)
-        })
-        .await
+        let key = (name.clone(), alias.to_owned());
+        let generation = self.generation.current();
+        if let Some(hit) = self.aliases.get(&key, generation) {
+            return Ok(hit);
+        }
+        let (name, alias) = key.clone();
+        let found = self
+            .read(move |conn| {
+                let id = query::model_id(conn, &name)?;
+                query::load_alias(conn, id, &name, &alias)
+            })
+            .await?;
+        self.aliases.put(key, generation, found.clone());
+        Ok(found)
     }
 
     async fn delete_alias(
