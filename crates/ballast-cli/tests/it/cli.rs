@@ -323,3 +323,42 @@ async fn webhook_and_event_commands() {
     json(url, &["webhook", "rm", &id.to_string()]);
     assert_eq!(json(url, &["webhook", "list"]).as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn server_environment_is_layered_and_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    // A misspelt server variable is refused, naming it…
+    let out = Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("a"))
+        .env("BALLAST_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listn"), "{}", String::from_utf8_lossy(&out.stderr));
+    // …while other commands' variables are left alone and server variables are read.
+    let port = crate::support::free_port();
+    let mut child = Command::new(bin())
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("b"))
+        .env("BALLAST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BALLAST_ROUTER_REGION", "eu-west")
+        .env("BALLAST_WEBHOOK_SECRET", "0123456789abcdef0123")
+        .env("BALLAST_URL", "http://127.0.0.1:1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("server exited: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not listen on BALLAST_LISTEN");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -139,34 +139,16 @@ async fn undelivered_events_survive_sigkill() {
         ids.len(),
         pairs.iter().map(|(_, e)| *e).collect::<BTreeSet<_>>().len()
     );
-    let list: Value = c
-        .get(format!(
-            "{}/v1/webhooks/{hook_id}/deliveries?status=pending",
-            server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     // Deliveries are marked delivered once the receiver answered.
+    let pending_url = format!("{}/v1/webhooks/{hook_id}/deliveries?status=pending", server.url);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pending = list["deliveries"].as_array().unwrap().len();
-    while pending > 0 {
+    loop {
+        let list: Value = c.get(&pending_url).send().await.unwrap().json().await.unwrap();
+        let pending = list["deliveries"].as_array().unwrap().len();
+        if pending == 0 {
+            break;
+        }
         assert!(Instant::now() < deadline, "{pending} deliveries still pending");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let list: Value = c
-            .get(format!(
-                "{}/v1/webhooks/{hook_id}/deliveries?status=pending",
-                server.url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        pending = list["deliveries"].as_array().unwrap().len();
     }
 }
