@@ -29,8 +29,17 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "version.rolled_back",
         "production was restored to the version the current one replaced",
     ),
+    ("model.renamed", "a model's MLflow name changed (its Ballast name stays)"),
+    ("version.deleted", "a version that was not in staging or production was deleted (MLflow API)"),
     ("alias.set", "an alias was created or moved"),
     ("alias.removed", "an alias was deleted"),
+    (
+        "deployment.added",
+        "a deployment (where a version is served) was recorded",
+    ),
+    ("deployment.removed", "a deployment was removed"),
+    ("route.set", "a registry route was created or changed"),
+    ("route.removed", "a registry route was deleted"),
     ("webhook.created", "a webhook subscription was created"),
     ("webhook.deleted", "a webhook subscription was deleted"),
     (

@@ -4,6 +4,7 @@
 //! These are the stable JSON shapes; field names are `snake_case`, times are RFC 3339 strings in
 //! UTC, digests are 64 lowercase hex characters.
 
+pub mod deployments;
 pub mod events;
 pub mod routing;
 

@@ -1,5 +1,5 @@
 //! The routing snapshot: the one format in which routes reach `ballast router`, whether they come
-//! from a static `routes.toml` or (later) from the registry's `GET /v1/routing/snapshot`.
+//! from a static `routes.toml` or from the registry's `GET /v1/routing/snapshot`.
 //!
 //! A snapshot is versioned by a `generation` that only grows and identified by a `digest`: the
 //! SHA-256 of its canonical content ([`compute_digest`]). A router accepts a snapshot only when
@@ -112,7 +112,7 @@ pub struct Target {
     #[schema(example = "eu-west-a")]
     pub id: String,
     /// Base URL (`http://` or `https://`, no query); the request path is appended to it.
-    #[schema(example = "http://10.0.0.7:8000")]
+    #[schema(example = "http://127.0.0.7:8000")]
     pub url: String,
     /// Region the endpoint runs in.
     #[schema(example = "eu-west")]

@@ -95,8 +95,9 @@ pub enum Command {
     ///
     /// Serves OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/embeddings (by the
     /// body's model) and prefix routes, with fallback, health checks and region failover. The
-    /// routes file is reloaded on SIGHUP and when it changes; every accepted snapshot is kept in
-    /// --state-dir as last-known-good and used when the file is unreadable. See docs/router.md.
+    /// routes file is reloaded on SIGHUP and when it changes; or, with --registry, snapshots are
+    /// long-polled from the registry. Every accepted snapshot is kept in --state-dir as
+    /// last-known-good and used when the file or the registry is unavailable. See docs/router.md.
     Router(RouterArgs),
     /// Create, show, list, change and delete models.
     #[command(subcommand)]
@@ -122,6 +123,12 @@ pub enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Record where versions are served (the registry compiles routing snapshots from them).
+    #[command(subcommand)]
+    Deployment(crate::commands::deployment::DeploymentCommand),
+    /// Name the logical models routers serve (NAME → NS/MODEL:STAGE or NS/MODEL@ALIAS).
+    #[command(subcommand)]
+    Route(crate::commands::deployment::RouteCommand),
     /// Subscribe URLs to registry events; inspect and redeliver deliveries.
     #[command(subcommand)]
     Webhook(crate::commands::webhook::WebhookCommand),
@@ -148,8 +155,16 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct RouterArgs {
     /// Routes file (TOML; or a JSON routing snapshot when it ends in .json).
-    #[arg(long, value_name = "FILE", env = "BALLAST_ROUTER_CONFIG")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "BALLAST_ROUTER_CONFIG",
+        conflicts_with = "registry"
+    )]
     pub config: Option<PathBuf>,
+    /// Registry to watch for routing snapshots (http://host:port); instead of --config.
+    #[arg(long, value_name = "URL", env = "BALLAST_ROUTER_REGISTRY")]
+    pub registry: Option<String>,
     /// The region this router runs in (its targets are tried first).
     #[arg(long, env = "BALLAST_ROUTER_REGION")]
     pub region: String,

@@ -21,6 +21,7 @@
 
 mod aliases;
 mod audit;
+mod deployments;
 mod error;
 mod events;
 mod files;

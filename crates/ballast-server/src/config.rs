@@ -33,10 +33,17 @@ pub struct Config {
     pub webhook_give_up_after_secs: u64,
     /// Deliveries in flight at once to one webhook (a slow receiver never delays the others).
     pub webhook_concurrency_per_target: usize,
+    /// Namespace that MLflow model names without a `/` map to (the MLflow API always answers
+    /// with the name the client used).
+    pub mlflow_default_namespace: String,
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_mlflow_namespace() -> String {
+    "mlflow".into()
 }
 
 impl Default for Config {
@@ -53,6 +60,7 @@ impl Default for Config {
             webhook_max_backoff_secs: 600,
             webhook_give_up_after_secs: 24 * 3600,
             webhook_concurrency_per_target: 4,
+            mlflow_default_namespace: default_mlflow_namespace(),
         }
     }
 }

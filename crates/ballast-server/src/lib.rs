@@ -11,6 +11,7 @@ mod error;
 pub mod governance;
 mod metrics;
 mod openapi;
+pub mod snapshot;
 mod state;
 pub mod webhooks;
 

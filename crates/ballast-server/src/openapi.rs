@@ -3,9 +3,16 @@
 
 use std::sync::OnceLock;
 
+use ballast_api::deployments::{
+    Canary, CreateDeployment, Deployment, DeploymentList, RegistryRoute, RouteList, SetRoute,
+};
 use ballast_api::events::{
     CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, Event, EventList, Webhook,
     EVENT_TYPES,
+};
+use ballast_api::routing::{
+    ActiveCheck, FailoverPolicy, HealthPolicy, RegionPolicy, RetryPolicy, Route, RouteKind, RoutingSnapshot,
+    Split, Target, Timeouts,
 };
 use ballast_api::{
     Alias, AttachFile, AuditEntry, AuditList, BlobInfo, CreateModel, CreateVersion, ErrorBody, ErrorDetail,
@@ -25,6 +32,24 @@ use utoipa::OpenApi;
         description = "Fail-safe model registry: models, versions, artifacts, stages, aliases, audit."
     ),
     components(schemas(
+        Canary,
+        CreateDeployment,
+        Deployment,
+        DeploymentList,
+        RegistryRoute,
+        RouteList,
+        SetRoute,
+        ActiveCheck,
+        FailoverPolicy,
+        HealthPolicy,
+        RegionPolicy,
+        RetryPolicy,
+        Route,
+        RouteKind,
+        RoutingSnapshot,
+        Split,
+        Target,
+        Timeouts,
         Event,
         EventList,
         CreateWebhook,
@@ -299,6 +324,41 @@ fn table() -> Vec<Op> {
             None,
             "200",
             None,
+        ),
+        Op(
+            Post,
+            "/v1/deployments",
+            "Record where a sealed version is served (model, version, region, url, weight)",
+            Some("CreateDeployment"),
+            "201",
+            Some("Deployment"),
+        ),
+        Op(
+            Get,
+            "/v1/deployments",
+            "List deployments (query: model, region)",
+            None,
+            "200",
+            Some("DeploymentList"),
+        ),
+        Op(Delete, "/v1/deployments/{id}", "Remove a deployment", None, "204", None),
+        Op(Get, "/v1/routes", "List registry routes", None, "200", Some("RouteList")),
+        Op(
+            Put,
+            "/v1/routes/{name}",
+            "Create or replace a registry route (target NS/MODEL:STAGE or NS/MODEL@ALIAS)",
+            Some("SetRoute"),
+            "200",
+            Some("RegistryRoute"),
+        ),
+        Op(Delete, "/v1/routes/{name}", "Delete a registry route", None, "204", None),
+        Op(
+            Get,
+            "/v1/routing/snapshot",
+            "The compiled routing snapshot (ETag = digest; query: wait, after_generation for long-polling; 304 when unchanged)",
+            None,
+            "200",
+            Some("RoutingSnapshot"),
         ),
         Op(
             Post,

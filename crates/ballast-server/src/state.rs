@@ -20,6 +20,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Turns true when the server begins to shut down (long-lived streams end then).
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The last compiled routing snapshot (reused while the generation stays).
+    pub routing_cache: Arc<std::sync::Mutex<Option<Arc<ballast_api::routing::RoutingSnapshot>>>>,
     /// Decides on moves into gated stages.
     pub gate: Arc<dyn crate::governance::TransitionGate>,
 }
@@ -33,6 +35,7 @@ impl AppState {
             blobs,
             metrics: crate::metrics::Metrics::install(),
             gate: Arc::new(crate::governance::OpenGate),
+            routing_cache: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }

@@ -6,17 +6,20 @@
 //! reply means the transaction is durable (SQLite WAL with `synchronous=FULL`).
 
 mod error;
+pub mod mlflow;
 pub mod sqlite;
 mod types;
 
 pub use error::{StoreError, StoreResult};
+pub use mlflow::MlflowStore;
 pub use sqlite::SqliteStore;
 pub use types::{
     AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter, ModelFilter,
-    Precondition, StoreStats, VersionFilter, VersionOrder,
+    Precondition, ResolvedRoute, RoutingState, StoreStats, VersionFilter, VersionOrder,
 };
 
 use async_trait::async_trait;
+use ballast_api::deployments::{CreateDeployment, Deployment, RegistryRoute, SetRoute};
 use ballast_api::events::{
     CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, EventList, Webhook,
 };
@@ -28,7 +31,7 @@ use ballast_core::{ModelName, Sha256Digest, Stage};
 
 /// The registry's metadata store. One implementation per backend; all pass the same tests.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: MlflowStore + Send + Sync + 'static {
     /// Creates a model.
     async fn create_model(&self, ctx: &Ctx, req: CreateModel) -> StoreResult<Model>;
     /// Reads a model.
@@ -166,6 +169,26 @@ pub trait Store: Send + Sync + 'static {
     async fn list_events(&self, after: u64, limit: u32, types: Vec<String>) -> StoreResult<EventList>;
     /// Watches the id of the newest committed event (changes after every commit that wrote events).
     fn watch_events(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Records where a sealed version is served.
+    async fn add_deployment(&self, ctx: &Ctx, req: CreateDeployment) -> StoreResult<Deployment>;
+    /// Removes a deployment.
+    async fn remove_deployment(&self, ctx: &Ctx, id: u64) -> StoreResult<()>;
+    /// Deployments, optionally of one model and/or in one region, by id.
+    async fn list_deployments(
+        &self,
+        model: Option<ModelName>,
+        region: Option<String>,
+    ) -> StoreResult<Vec<Deployment>>;
+    /// Creates or replaces a registry route.
+    async fn set_route(&self, ctx: &Ctx, name: &str, spec: SetRoute) -> StoreResult<RegistryRoute>;
+    /// Deletes a registry route (refused while another route falls back to it).
+    async fn delete_route(&self, ctx: &Ctx, name: &str) -> StoreResult<()>;
+    /// Every registry route, by name.
+    async fn list_routes(&self) -> StoreResult<Vec<RegistryRoute>>;
+    /// Routes, their resolved versions and deployments, and the newest event id, read in one
+    /// transaction (the input of the routing snapshot).
+    async fn routing_state(&self) -> StoreResult<RoutingState>;
 
     /// Counts for metrics and status.
     async fn stats(&self) -> StoreResult<StoreStats>;

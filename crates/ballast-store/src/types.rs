@@ -174,3 +174,28 @@ pub enum AttemptOutcome {
     /// Give up; a person may redeliver.
     Dead,
 }
+
+/// A registry route with what its references resolve to right now.
+#[derive(Debug, Clone)]
+pub struct ResolvedRoute {
+    /// The route.
+    pub route: ballast_api::deployments::RegistryRoute,
+    /// The version its target resolves to (none: no version in that stage, unknown alias or
+    /// model).
+    pub version: Option<u64>,
+    /// For `:production` targets: the production version the current one replaced.
+    pub previous_production: Option<u64>,
+    /// The canary alias's version, when it differs from `version`.
+    pub canary_version: Option<u64>,
+    /// The deployments of those versions.
+    pub deployments: Vec<ballast_api::deployments::Deployment>,
+}
+
+/// Everything the routing snapshot is compiled from, read consistently.
+#[derive(Debug, Clone)]
+pub struct RoutingState {
+    /// Id of the newest committed event when this was read.
+    pub last_event_id: u64,
+    /// Every route, by name.
+    pub routes: Vec<ResolvedRoute>,
+}

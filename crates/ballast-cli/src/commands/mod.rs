@@ -3,6 +3,7 @@
 
 pub mod alias;
 pub mod audit;
+pub mod deployment;
 pub mod model;
 pub mod pull;
 pub mod push;
@@ -50,6 +51,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(args) => push::run(&ctx()?, args).await?,
         Command::Pull(args) => pull::run(&ctx()?, args).await?,
         Command::Audit(cmd) => audit::run(&ctx()?, cmd).await?,
+        Command::Deployment(cmd) => deployment::run(&ctx()?, cmd).await?,
+        Command::Route(cmd) => deployment::run_route(&ctx()?, cmd).await?,
         Command::Webhook(cmd) => webhook::run(&ctx()?, cmd).await?,
         Command::Events(cmd) => webhook::run_events(&ctx()?, cmd).await?,
     }

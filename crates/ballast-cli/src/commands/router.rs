@@ -1,5 +1,5 @@
-//! `ballast router`: starts the data plane from a static routes file, says where it listens,
-//! reloads the file on SIGHUP, and serves until SIGINT or SIGTERM (draining in-flight requests).
+//! `ballast router`: starts the data plane from a static routes file or a registry, says where it
+//! listens, reloads the file on SIGHUP, and serves until SIGINT or SIGTERM (draining in-flight requests).
 
 use anyhow::Context as _;
 use ballast_router::{Router, RouterConfig};
@@ -15,18 +15,24 @@ use crate::output;
 pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
     let mut config = RouterConfig::new(args.region.clone());
     config.listen = args.listen;
+    if args.config.is_some() && args.registry.is_some() {
+        anyhow::bail!("give either --config FILE or --registry URL, not both");
+    }
     config.routes_file = args.config.clone();
+    config.registry = args.registry.clone();
     config.state_dir = Some(args.state_dir.clone());
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let router = Router::bind(config).await.with_context(|| {
         format!(
-            "cannot start the router on {} (routes file {}, state in {})",
+            "cannot start the router on {} ({}, state in {})",
             args.listen,
-            args.config
-                .as_ref()
-                .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+            match (&args.config, &args.registry) {
+                (Some(p), _) => format!("routes file {}", p.display()),
+                (None, Some(r)) => format!("registry {r}"),
+                (None, None) => "no routes file or registry".to_owned(),
+            },
             args.state_dir.display()
         )
     })?;

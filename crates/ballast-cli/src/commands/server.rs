@@ -65,12 +65,10 @@ fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
 /// other commands (`BALLAST_ROUTER_*`, `BALLAST_WEBHOOK_SECRET`), so a shell set up for every
 /// command still starts the server, while a misspelt server variable is still refused.
 fn server_env() -> Env {
-    Env::prefixed("BALLAST_")
-        .ignore(&CLIENT_ENV)
-        .filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            !key.starts_with("router_") && key != "webhook_secret"
-        })
+    Env::prefixed("BALLAST_").ignore(&CLIENT_ENV).filter(|key| {
+        let key = key.as_str().to_ascii_lowercase();
+        !key.starts_with("router_") && key != "webhook_secret"
+    })
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

@@ -335,7 +335,11 @@ fn server_environment_is_layered_and_strict() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listn"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listn"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // …while other commands' variables are left alone and server variables are read.
     let port = crate::support::free_port();
     let mut child = Command::new(bin())
@@ -356,9 +360,134 @@ fn server_environment_is_layered_and_strict() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("server exited: {status}");
         }
-        assert!(std::time::Instant::now() < deadline, "server did not listen on BALLAST_LISTEN");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not listen on BALLAST_LISTEN"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_and_route_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+
+    json(url, &["model", "create", "acme/bot"]);
+    let src = dir.path().join("src");
+    write_tree(&src);
+    json(url, &["push", "acme/bot", src.to_str().unwrap()]);
+    json(url, &["version", "stage", "acme/bot/1", "staging"]);
+    json(url, &["version", "stage", "acme/bot/1", "production"]);
+
+    let d = json(
+        url,
+        &[
+            "deployment",
+            "add",
+            "acme/bot/1",
+            "--region",
+            "eu-west",
+            "--endpoint",
+            "http://127.0.0.1:8000",
+            "--weight",
+            "3",
+        ],
+    );
+    assert_eq!((d["version"].as_u64(), d["weight"].as_u64()), (Some(1), Some(3)));
+    let id = d["id"].as_u64().unwrap();
+    // A duplicate and a bad URL fail with a message and exit code 1.
+    let out = run(
+        url,
+        &[
+            "deployment",
+            "add",
+            "acme/bot/1",
+            "--region",
+            "eu-west",
+            "--endpoint",
+            "http://127.0.0.1:8000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already deployed"));
+    let out = run(
+        url,
+        &[
+            "deployment",
+            "add",
+            "acme/bot/1",
+            "--region",
+            "eu-west",
+            "--endpoint",
+            "ftp://x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let list = json(
+        url,
+        &["deployment", "list", "--model", "acme/bot", "--region", "eu-west"],
+    );
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
+    let out = run(url, &["deployment", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http://127.0.0.1:8000"));
+
+    json(url, &["route", "set", "bot-small", "--target", "acme/bot@small"]);
+    let r = json(
+        url,
+        &[
+            "route",
+            "set",
+            "bot",
+            "--target",
+            "acme/bot:production",
+            "--fallback",
+            "bot-small",
+            "--canary",
+            "challenger=5",
+            "--sticky-header",
+            "x-user",
+        ],
+    );
+    assert_eq!(r["revision"], 1);
+    assert_eq!(r["canary"]["percent"], 5);
+    let out = run(url, &["route", "set", "bot", "--target", "acme/bot"]);
+    assert_eq!(out.status.code(), Some(1));
+    let routes = json(url, &["route", "list"]);
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 2);
+    let snap = json(url, &["route", "snapshot"]);
+    let bot = snap["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "bot")
+        .unwrap();
+    assert_eq!(bot["targets"][0]["url"], "http://127.0.0.1:8000");
+    assert_eq!(bot["sticky_header"], "x-user");
+
+    let out = run(url, &["route", "rm", "bot-small"]);
+    assert_eq!(out.status.code(), Some(1), "bot still falls back to it");
+    json(url, &["route", "rm", "bot"]);
+    json(url, &["route", "rm", "bot-small"]);
+    json(url, &["deployment", "rm", &id.to_string()]);
+    assert!(json(url, &["deployment", "list"])["deployments"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let events = json(
+        url,
+        &[
+            "events",
+            "list",
+            "--type",
+            "deployment.added",
+            "--type",
+            "route.removed",
+        ],
+    );
+    assert_eq!(events["events"].as_array().unwrap().len(), 3);
 }

@@ -3,10 +3,14 @@
 
 mod aliases;
 mod audit;
+mod deployments;
 mod events;
 mod extract;
 mod files;
+mod mlflow;
 mod models;
+mod routes;
+mod routing;
 mod system;
 mod versions;
 mod webhooks;
@@ -71,6 +75,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
+        .route(
+            "/v1/deployments",
+            post(deployments::create).get(deployments::list),
+        )
+        .route("/v1/deployments/{id}", axum::routing::delete(deployments::delete))
+        .route("/v1/routes", get(routes::list))
+        .route("/v1/routes/{name}", put(routes::set).delete(routes::delete))
+        .route("/v1/routing/snapshot", get(routing::snapshot))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/v1/webhooks/{id}/test", post(webhooks::test))
@@ -80,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
             post(webhooks::redeliver),
         )
+        .merge(mlflow::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())

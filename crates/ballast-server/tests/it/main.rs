@@ -11,3 +11,5 @@ mod events;
 mod idempotency;
 mod lifecycle;
 mod listing;
+mod mlflow;
+mod routing;

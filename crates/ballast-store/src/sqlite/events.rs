@@ -64,6 +64,12 @@ pub(super) fn event_type(action: &str) -> &str {
         "version.rollback" => "version.rolled_back",
         "alias.set" => "alias.set",
         "alias.delete" => "alias.removed",
+        "model.mlflow_rename" => "model.renamed",
+        "version.delete" => "version.deleted",
+        "deployment.add" => "deployment.added",
+        "deployment.remove" => "deployment.removed",
+        "route.set" => "route.set",
+        "route.delete" => "route.removed",
         "webhook.create" => "webhook.created",
         "webhook.delete" => "webhook.deleted",
         other => other,
@@ -93,8 +99,8 @@ pub(super) fn append(
     data: &Value,
 ) -> StoreResult<i64> {
     let kind = event_type(action);
-    // `webhook/ID` also parses as a model name: webhook events concern no model.
-    let (model, version, alias) = if action.starts_with("webhook.") {
+    // `webhook/ID` and `route/NAME` also parse as a model name: webhook events concern no model.
+    let (model, version, alias) = if action.starts_with("webhook.") || action.starts_with("route.") {
         (None, None, None)
     } else {
         parse_subject(subject)

@@ -8,8 +8,10 @@
 
 mod cache;
 mod events;
+mod mlflow;
 mod ops;
 mod query;
+mod routing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,9 +31,11 @@ use ballast_api::events::{
     CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, EventList, Webhook,
 };
 
+use ballast_api::deployments::{CreateDeployment, Deployment, RegistryRoute, SetRoute};
+
 use crate::{
-    AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, ModelFilter, Precondition, Store, StoreError,
-    StoreResult, StoreStats, VersionFilter,
+    AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, ModelFilter, Precondition, RoutingState, Store,
+    StoreError, StoreResult, StoreStats, VersionFilter,
 };
 
 /// The most mutations committed together.
@@ -258,20 +262,18 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(conn, batch, generation);
-        if let Ok(last) = events::last_event_id(conn) {
-            events_tx.send_if_modified(|v| {
-                let changed = *v != last;
-                *v = last;
-                changed
-            });
-        }
+        run_batch(conn, batch, generation, events_tx);
     }
     // The channel is closed and drained: checkpoint so the WAL is folded into the database.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>, generation: &cache::Generation) {
+fn run_batch(
+    conn: &Connection,
+    batch: Vec<Job>,
+    generation: &cache::Generation,
+    events_tx: &tokio::sync::watch::Sender<u64>,
+) {
     // A job that is dropped without running drops its reply channel: its caller gets
     // `unavailable` and nothing was changed.
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -305,6 +307,15 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, generation: &cache::Generation)
     }
     // Cached reads from before this commit must not be served once anyone learns of it.
     generation.bump();
+    // Watchers learn of the new events before the writers' callers get their replies, so a
+    // caller that reads the watch after its reply sees its own change.
+    if let Ok(last) = events::last_event_id(conn) {
+        events_tx.send_if_modified(|v| {
+            let changed = *v != last;
+            *v = last;
+            changed
+        });
+    }
     for finish in finishers {
         finish(commit.clone());
     }
@@ -595,6 +606,47 @@ impl Store for SqliteStore {
 
     fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.events.clone()
+    }
+
+    async fn add_deployment(&self, ctx: &Ctx, req: CreateDeployment) -> StoreResult<Deployment> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| routing::add_deployment(conn, &c, &req))
+            .await
+    }
+
+    async fn remove_deployment(&self, ctx: &Ctx, id: u64) -> StoreResult<()> {
+        let c = ctx.clone();
+        self.write(ctx, move |conn| routing::remove_deployment(conn, &c, id))
+            .await
+    }
+
+    async fn list_deployments(
+        &self,
+        model: Option<ModelName>,
+        region: Option<String>,
+    ) -> StoreResult<Vec<Deployment>> {
+        self.read(move |conn| routing::list_deployments(conn, model.as_ref(), region.as_deref()))
+            .await
+    }
+
+    async fn set_route(&self, ctx: &Ctx, name: &str, spec: SetRoute) -> StoreResult<RegistryRoute> {
+        let (c, name) = (ctx.clone(), name.to_owned());
+        self.write(ctx, move |conn| routing::set_route(conn, &c, &name, &spec))
+            .await
+    }
+
+    async fn delete_route(&self, ctx: &Ctx, name: &str) -> StoreResult<()> {
+        let (c, name) = (ctx.clone(), name.to_owned());
+        self.write(ctx, move |conn| routing::delete_route(conn, &c, &name))
+            .await
+    }
+
+    async fn list_routes(&self) -> StoreResult<Vec<RegistryRoute>> {
+        self.read(routing::list_routes).await
+    }
+
+    async fn routing_state(&self) -> StoreResult<RoutingState> {
+        self.read(routing::routing_state).await
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {

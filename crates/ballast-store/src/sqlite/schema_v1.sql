@@ -143,3 +143,51 @@ CREATE TABLE idempotency (
     created_at  TEXT NOT NULL,
     PRIMARY KEY (actor, key)
 ) WITHOUT ROWID;
+
+-- Where sealed versions are served; the registry compiles routing snapshots from these.
+CREATE TABLE deployments (
+    id             INTEGER PRIMARY KEY,
+    model_id       INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    number         INTEGER NOT NULL,
+    region         TEXT NOT NULL,
+    url            TEXT NOT NULL,
+    weight         INTEGER NOT NULL,
+    upstream_model TEXT,
+    created_by     TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    UNIQUE (model_id, number, region, url),
+    FOREIGN KEY (model_id, number) REFERENCES versions (model_id, number) ON DELETE CASCADE
+);
+
+-- Logical models served through routers: name -> stage or alias reference and settings (JSON).
+CREATE TABLE routes (
+    name       TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    revision   INTEGER NOT NULL DEFAULT 1,
+    updated_by TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- MLflow compatibility
+-- The MLflow name of a model created or renamed through the MLflow API (MLflow names are free-form).
+CREATE TABLE mlflow_names (
+    mlflow_name TEXT PRIMARY KEY,
+    model_id    INTEGER NOT NULL UNIQUE REFERENCES models (id) ON DELETE CASCADE
+);
+-- MLflow's fields of a version (source, run_id, run_link, …) as JSON.
+CREATE TABLE mlflow_versions (
+    model_id INTEGER NOT NULL,
+    number   INTEGER NOT NULL,
+    info     TEXT NOT NULL,
+    PRIMARY KEY (model_id, number),
+    FOREIGN KEY (model_id, number) REFERENCES versions (model_id, number) ON DELETE CASCADE
+) WITHOUT ROWID;
+-- Tracking objects (experiments, runs, logged models) kept as the lineage of versions.
+CREATE TABLE mlflow_objects (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    name TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (kind, id)
+);
+CREATE UNIQUE INDEX mlflow_objects_by_name ON mlflow_objects (kind, name) WHERE name IS NOT NULL;

@@ -1,0 +1,154 @@
+//! What the MLflow-compatible API needs beyond the native [`crate::Store`]: the mapping between
+//! MLflow model names (free-form, no namespace) and Ballast names, MLflow's per-version fields
+//! (`source`, `run_id`, …), multi-step stage moves in one transaction, version deletion, and a
+//! small document store for the tracking objects (experiments, runs, logged models) that
+//! registration flows need as lineage.
+//!
+//! Every mutation here commits with its audit entry and event, like the native ones.
+
+use async_trait::async_trait;
+use ballast_api::{FileEntry, Model, Tags, Version, VersionMetadata};
+use ballast_core::{ModelName, Stage};
+use serde::{Deserialize, Serialize};
+
+use crate::{Ctx, StoreResult};
+
+/// A model as the MLflow API shows it: the name the MLflow client used, and the Ballast model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MlflowModel {
+    /// The MLflow name (what the client created or renamed it to; for native models, the model
+    /// part in the default namespace, else `namespace/model`).
+    pub name: String,
+    /// The Ballast model.
+    pub model: Model,
+}
+
+/// MLflow's fields of a version that Ballast's own metadata does not hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MlflowVersionInfo {
+    /// Where the client said the artifacts are (`source`).
+    pub source: String,
+    /// The run that produced it.
+    pub run_id: String,
+    /// A link to the run.
+    pub run_link: String,
+    /// MLflow 3 logged model id.
+    pub logged_model_id: String,
+    /// Whether Ballast holds the artifacts under `source` and sealed them into the manifest
+    /// (`false`: an external reference was sealed instead, and the content is unverified).
+    pub verified: bool,
+    /// The description set through MLflow after sealing (sealed metadata is immutable).
+    pub description: Option<String>,
+}
+
+/// A version as the MLflow API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MlflowVersion {
+    /// The Ballast version.
+    pub version: Version,
+    /// MLflow fields (defaults for versions created natively).
+    pub info: MlflowVersionInfo,
+}
+
+/// A version to create through MLflow: created, given its files and sealed in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct NewMlflowVersion {
+    /// Metadata (lineage, params and metrics of the source run).
+    pub metadata: VersionMetadata,
+    /// Tags.
+    pub tags: Tags,
+    /// Files whose blobs are already stored.
+    pub files: Vec<FileEntry>,
+    /// MLflow fields.
+    pub info: MlflowVersionInfo,
+}
+
+/// A tracking object (experiment, run, logged model) kept as a JSON document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MlflowObject {
+    /// `experiment`, `run` or `logged_model`.
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// A unique name within its kind, when it has one (experiments).
+    pub name: Option<String>,
+    /// The document.
+    pub body: serde_json::Value,
+}
+
+/// The MLflow compatibility part of a store.
+#[async_trait]
+pub trait MlflowStore: Send + Sync + 'static {
+    /// Finds the Ballast model an MLflow name refers to.
+    async fn mlflow_resolve(&self, name: &str, default_ns: &str) -> StoreResult<ModelName>;
+    /// One model with its MLflow name.
+    async fn mlflow_model(&self, name: &str, default_ns: &str) -> StoreResult<MlflowModel>;
+    /// Every model with its MLflow name.
+    async fn mlflow_models(&self, default_ns: &str) -> StoreResult<Vec<MlflowModel>>;
+    /// Creates a model under an MLflow name (mapped onto a valid Ballast name).
+    async fn mlflow_create_model(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        default_ns: &str,
+        description: String,
+        tags: Tags,
+    ) -> StoreResult<MlflowModel>;
+    /// Changes the MLflow name of a model (its Ballast name, which audit and routes refer to,
+    /// stays).
+    async fn mlflow_rename_model(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        new_name: &str,
+        default_ns: &str,
+    ) -> StoreResult<MlflowModel>;
+    /// Every version of a model with its MLflow fields, by number.
+    async fn mlflow_versions(&self, model: &ModelName) -> StoreResult<Vec<MlflowVersion>>;
+    /// One version with its MLflow fields.
+    async fn mlflow_version(&self, model: &ModelName, number: u64) -> StoreResult<MlflowVersion>;
+    /// Creates, fills and seals a version in one transaction.
+    async fn mlflow_create_version(
+        &self,
+        ctx: &Ctx,
+        model: &ModelName,
+        new: NewMlflowVersion,
+    ) -> StoreResult<MlflowVersion>;
+    /// Sets the MLflow description of a version.
+    async fn mlflow_set_version_description(
+        &self,
+        ctx: &Ctx,
+        model: &ModelName,
+        number: u64,
+        description: String,
+    ) -> StoreResult<MlflowVersion>;
+    /// Moves a version through `path` (each step allowed by the state machine), optionally
+    /// archiving the other versions in the final stage, all in one transaction.
+    async fn mlflow_transition(
+        &self,
+        ctx: &Ctx,
+        model: &ModelName,
+        number: u64,
+        path: Vec<Stage>,
+        archive_existing: bool,
+    ) -> StoreResult<MlflowVersion>;
+    /// Deletes a version that is not in staging or production (its aliases go with it; its
+    /// number is never reused; blobs stay, they may be shared).
+    async fn mlflow_delete_version(&self, ctx: &Ctx, model: &ModelName, number: u64) -> StoreResult<()>;
+    /// Creates or replaces a tracking object.
+    async fn mlflow_put_object(
+        &self,
+        ctx: &Ctx,
+        obj: MlflowObject,
+        create_only: bool,
+    ) -> StoreResult<MlflowObject>;
+    /// Removes the tracking objects of a kind whose id is `id` or starts with `id/`; returns how
+    /// many went.
+    async fn mlflow_delete_objects(&self, ctx: &Ctx, kind: &str, id: &str) -> StoreResult<u64>;
+    /// Reads a tracking object by id.
+    async fn mlflow_get_object(&self, kind: &str, id: &str) -> StoreResult<MlflowObject>;
+    /// Reads a tracking object by name.
+    async fn mlflow_object_by_name(&self, kind: &str, name: &str) -> StoreResult<MlflowObject>;
+    /// Every tracking object of a kind, oldest first.
+    async fn mlflow_objects(&self, kind: &str) -> StoreResult<Vec<MlflowObject>>;
+}
