@@ -177,6 +177,18 @@ pub fn version(v: &Version) {
         ("tags", tags(&v.tags)),
         ("description", meta.description.clone()),
     ];
+    // Versions registered through MLflow from a source the registry could not read hold only a
+    // reference to it: say so next to the digest.
+    if v.tags.get("ballast.source_verified").map(String::as_str) == Some("false") {
+        pairs.insert(
+            4,
+            (
+                "source",
+                "UNVERIFIED: an external reference the registry could not read (see ballast-external-source.json)"
+                    .to_owned(),
+            ),
+        );
+    }
     if let Some(o) = &meta.owner {
         pairs.push(("owner", o.clone()));
     }
