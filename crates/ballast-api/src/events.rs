@@ -29,8 +29,14 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
         "version.rolled_back",
         "production was restored to the version the current one replaced",
     ),
-    ("model.renamed", "a model's MLflow name changed (its Ballast name stays)"),
-    ("version.deleted", "a version that was not in staging or production was deleted (MLflow API)"),
+    (
+        "model.renamed",
+        "a model's MLflow name changed (its Ballast name stays)",
+    ),
+    (
+        "version.deleted",
+        "a version that was not in staging or production was deleted (MLflow API)",
+    ),
     ("alias.set", "an alias was created or moved"),
     ("alias.removed", "an alias was deleted"),
     (

@@ -179,6 +179,17 @@ pub struct RouterArgs {
         default_value = "./ballast-router-state"
     )]
     pub state_dir: PathBuf,
+    /// A PEM file of extra CA certificates trusted for https targets (beside the Web PKI roots).
+    #[arg(long, value_name = "FILE", env = "BALLAST_ROUTER_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Cut a response whose upstream sends nothing for this many seconds (counts as a failure).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "BALLAST_ROUTER_STREAM_IDLE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub stream_idle_timeout_secs: u64,
 }
 
 /// `ballast model …`.

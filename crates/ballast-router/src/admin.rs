@@ -1,12 +1,13 @@
 //! The router's own endpoints: `/healthz` (alive), `/readyz` (has a snapshot), `/metrics`
 //! (Prometheus), `GET /routes` (the active snapshot's generation and digest) and
-//! `GET /admin/targets` (each target's health). They take precedence over prefix routes.
+//! `GET /admin/targets` (each target's health and drain flag), `POST /admin/targets/{id}/drain`
+//! and `/undrain` (the operator's drain flag). They take precedence over prefix routes.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -66,6 +67,7 @@ pub(crate) async fn routes(State(shared): State<Arc<Shared>>) -> Response {
         "generation": s.generation,
         "digest": s.digest,
         "source": active.source,
+        "registry": shared.registry_status(),
         "region": shared.config.region,
         "loaded_at_unix_ms": active.loaded_at_unix_ms,
         "age_ms": now.saturating_sub(active.loaded_at_unix_ms),
@@ -83,6 +85,8 @@ struct TargetSummary {
     model_version: String,
     url: String,
     weight: u32,
+    /// The operator's drain flag (apart from health).
+    drained: bool,
     #[serde(flatten)]
     health: HealthView,
 }
@@ -100,8 +104,37 @@ pub(crate) async fn targets(State(shared): State<Arc<Shared>>) -> Response {
             model_version: t.spec.model_version.clone(),
             url: t.spec.url.clone(),
             weight: t.spec.weight,
+            drained: t.drain.is_drained(),
             health: t.health.view(now),
         })
         .collect();
     Json(serde_json::json!({ "targets": list })).into_response()
+}
+
+/// `POST /admin/targets/{id}/drain`: no new requests to the target; those under way finish.
+pub(crate) async fn drain(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    set_drain(&shared, &id, true)
+}
+
+/// `POST /admin/targets/{id}/undrain`: the target takes requests again (if healthy).
+pub(crate) async fn undrain(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    set_drain(&shared, &id, false)
+}
+
+fn set_drain(shared: &Shared, id: &str, drained: bool) -> Response {
+    let Some((route, target)) = shared.targets().into_iter().find(|(_, t)| t.spec.id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": {"code": "unknown_target", "message": format!("no target {id:?} in the active snapshot")}
+            })),
+        )
+            .into_response();
+    };
+    let was = target.drain.set(drained);
+    if was != drained {
+        tracing::warn!(route = %route.spec.name, target = %id, drained, "operator drain flag changed");
+    }
+    Json(serde_json::json!({ "id": id, "route": route.spec.name, "drained": drained, "was_drained": was }))
+        .into_response()
 }

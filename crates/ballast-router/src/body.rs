@@ -6,10 +6,12 @@
 //! started to flow it cannot be retried. A response body is handed on frame by frame with the
 //! first frame already read (the point after which the router no longer fails over).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -207,12 +209,21 @@ impl StreamBody {
 /// Called once when a response that already started to flow breaks.
 pub type OnStreamError = Box<dyn FnOnce() + Send + Sync>;
 
-/// A response body with its first frame already read.
+/// A response body with its first frame already read, cut when the upstream goes quiet.
 pub struct UpstreamBody {
     first: Option<Frame<Bytes>>,
     inner: hyper::body::Incoming,
     on_error: Option<OnStreamError>,
+    idle: Duration,
+    /// Armed while waiting for the upstream; measures the silence since the wait began (time
+    /// the client spends not reading is not counted against the upstream).
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The upstream sent nothing for the stream idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the upstream for {} ms; stream cut", .0.as_millis())]
+pub struct StreamIdle(pub Duration);
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,37 +232,62 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps a response body whose first frame was read.
+    /// Wraps a response body whose first frame was read; `idle` is the longest silence allowed.
     #[must_use]
-    pub fn new(first: Option<Frame<Bytes>>, inner: hyper::body::Incoming, on_error: OnStreamError) -> Self {
+    pub fn new(
+        first: Option<Frame<Bytes>>,
+        inner: hyper::body::Incoming,
+        idle: Duration,
+        on_error: OnStreamError,
+    ) -> Self {
         Self {
             first,
             inner,
             on_error: Some(on_error),
+            idle,
+            idle_timer: None,
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
+                this.idle_timer = None;
                 if let Some(cb) = this.on_error.take() {
                     cb();
                 }
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other,
+            Poll::Ready(other) => {
+                this.idle_timer = None;
+                Poll::Ready(other.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .idle_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.idle_timer = None;
+                    if let Some(cb) = this.on_error.take() {
+                        cb();
+                    }
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(idle)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use ballast_api::routing::{RegionPolicy, Route, RoutingSnapshot, SnapshotInvalid};
 use serde::Deserialize;
 
+use crate::health::FailureRatePolicy;
+
 /// Settings of one router process.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -20,12 +22,27 @@ pub struct RouterConfig {
     pub routes_file: Option<PathBuf>,
     /// Where the last-known-good snapshot is kept (none: not persisted).
     pub state_dir: Option<PathBuf>,
+    /// The registry to watch for snapshots (`http://host:port`); excludes `routes_file`.
+    pub registry: Option<String>,
+    /// How long one long-poll of the registry waits for a change.
+    pub registry_wait: Duration,
+    /// First retry delay after a failed registry poll (doubles up to `registry_retry_max`).
+    pub registry_retry_min: Duration,
+    /// Longest retry delay after failed registry polls.
+    pub registry_retry_max: Duration,
     /// How often the routes file's modification time is checked.
     pub watch_interval: Duration,
     /// Largest request body of an OpenAI-style request (read whole to find the `model`).
     pub max_openai_body_bytes: usize,
     /// Time in-flight requests get to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// The failure-rate rule of passive outlier detection (every route).
+    pub failure_rate: FailureRatePolicy,
+    /// A response that started to flow is cut when no byte arrives from the upstream for this
+    /// long (and counts as a failure of that target).
+    pub stream_idle_timeout: Duration,
+    /// A PEM file of extra CA certificates trusted for `https` targets (beside the Web PKI roots).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl RouterConfig {
@@ -37,9 +54,16 @@ impl RouterConfig {
             region: region.into(),
             routes_file: None,
             state_dir: None,
+            registry: None,
+            registry_wait: Duration::from_secs(30),
+            registry_retry_min: Duration::from_millis(500),
+            registry_retry_max: Duration::from_secs(30),
             watch_interval: Duration::from_secs(1),
             max_openai_body_bytes: 16 << 20,
             shutdown_grace: Duration::from_secs(30),
+            failure_rate: FailureRatePolicy::default(),
+            stream_idle_timeout: Duration::from_secs(60),
+            upstream_ca: None,
         }
     }
 }
@@ -148,13 +172,13 @@ failover = { min_healthy_percent = 50, hold_down_ms = 60000 }
 
 [[routes.targets]]
 id = "sb3-euw-a"
-url = "http://10.0.1.10:8000"
+url = "http://127.0.1.10:8000"
 region = "eu-west"
 model_version = "acme/support-bot/3"
 
 [[routes.targets]]
 id = "sb4-euw-a"
-url = "http://10.0.1.11:8000"
+url = "http://127.0.1.11:8000"
 region = "eu-west"
 model_version = "acme/support-bot/4"
 
@@ -162,7 +186,7 @@ model_version = "acme/support-bot/4"
 name = "support-bot-small"
 [[routes.targets]]
 id = "small-use-a"
-url = "http://10.2.0.5:8000"
+url = "http://127.2.0.5:8000"
 region = "us-east"
 model_version = "acme/support-bot-small/1"
 upstream_model = "small"
@@ -174,7 +198,7 @@ prefix = "/ocr"
 strip_prefix = true
 [[routes.targets]]
 id = "ocr-a"
-url = "http://10.0.3.1:9000/v2"
+url = "http://127.0.3.1:9000/v2"
 region = "eu-west"
 model_version = "acme/ocr/7"
 "#;

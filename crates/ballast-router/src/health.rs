@@ -1,15 +1,95 @@
-//! Health of one target: passive outlier detection (consecutive failures eject it, with an
-//! exponential back-off), a half-open state where one probe decides whether it returns, the
+//! Health of one target: passive outlier detection (consecutive failures, or too high a failure
+//! share over a sliding window, eject it, with an exponential back-off), a half-open state where one probe decides whether it returns, the
 //! cool-down a `429 Retry-After` asks for, and the verdict of active checks — kept apart and
 //! combined only when asked whether the target is available.
 //!
 //! Every method takes `now`, so the state machine is tested without real time.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ballast_api::routing::{ActiveCheck, HealthPolicy};
 use serde::Serialize;
+
+/// The failure-rate rule of passive outlier detection, beside the consecutive-failures one: a
+/// target whose failed share of the attempts recorded over the last `window` exceeds
+/// `failure_percent` — once at least `min_requests` attempts were recorded — is ejected, with the
+/// same back-off and half-open return. Catches a target that fails every other request, which
+/// never fails enough times in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRatePolicy {
+    /// Length of the sliding window.
+    pub window: Duration,
+    /// Attempts the window must hold before the rule applies.
+    pub min_requests: u32,
+    /// Eject when the failed share is above this percentage (100 turns the rule off).
+    pub failure_percent: u32,
+}
+
+/// Outcomes kept per target at most (the window is also "the last this many attempts").
+const MAX_WINDOW_OUTCOMES: usize = 1024;
+
+impl Default for FailureRatePolicy {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            failure_percent: 50,
+        }
+    }
+}
+
+impl FailureRatePolicy {
+    fn applies(&self) -> bool {
+        self.failure_percent < 100 && !self.window.is_zero()
+    }
+}
+
+/// Attempt outcomes of the sliding window: (when, failed).
+#[derive(Debug, Default)]
+struct Window {
+    outcomes: VecDeque<(Instant, bool)>,
+    failures: usize,
+}
+
+impl Window {
+    fn record(&mut self, now: Instant, failed: bool, policy: &FailureRatePolicy) {
+        if !policy.applies() {
+            return;
+        }
+        self.prune(now, policy.window);
+        if self.outcomes.len() >= MAX_WINDOW_OUTCOMES {
+            if let Some((_, f)) = self.outcomes.pop_front() {
+                self.failures -= usize::from(f);
+            }
+        }
+        self.outcomes.push_back((now, failed));
+        self.failures += usize::from(failed);
+    }
+
+    fn prune(&mut self, now: Instant, window: Duration) {
+        while let Some(&(at, f)) = self.outcomes.front() {
+            if now.saturating_duration_since(at) < window {
+                break;
+            }
+            self.outcomes.pop_front();
+            self.failures -= usize::from(f);
+        }
+    }
+
+    fn exceeded(&self, policy: &FailureRatePolicy) -> bool {
+        let n = self.outcomes.len();
+        policy.applies()
+            && n >= usize::try_from(policy.min_requests).unwrap_or(usize::MAX).max(1)
+            && self.failures * 100 > n * usize::try_from(policy.failure_percent).unwrap_or(100)
+    }
+
+    fn clear(&mut self) {
+        self.outcomes.clear();
+        self.failures = 0;
+    }
+}
 
 /// Whether a target may take a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +139,14 @@ struct State {
     active_successes: u32,
     active_failures: u32,
     total_ejections: u64,
+    window: Window,
 }
 
 /// Health of one target, shared by every request and the checker task.
 #[derive(Debug)]
 pub struct TargetHealth {
     state: Mutex<State>,
+    failure_rate: FailureRatePolicy,
 }
 
 /// A point-in-time view of a target's health.
@@ -86,6 +168,10 @@ pub struct HealthView {
     pub active_down: bool,
     /// Whether a probe is under way.
     pub probing: bool,
+    /// Attempts in the failure-rate window.
+    pub window_requests: usize,
+    /// Failed attempts in the failure-rate window.
+    pub window_failures: usize,
 }
 
 fn backoff(policy: &HealthPolicy, ejections_in_row: u32) -> Duration {
@@ -107,11 +193,18 @@ impl Default for TargetHealth {
 }
 
 impl TargetHealth {
-    /// A healthy target.
+    /// A healthy target with the default failure-rate rule.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_failure_rate(FailureRatePolicy::default())
+    }
+
+    /// A healthy target judged by this failure-rate rule.
+    #[must_use]
+    pub fn with_failure_rate(failure_rate: FailureRatePolicy) -> Self {
         Self {
             state: Mutex::new(State::default()),
+            failure_rate,
         }
     }
 
@@ -171,16 +264,21 @@ impl TargetHealth {
 
     /// A successful attempt (any answer that is neither 5xx nor 429, or a probe that passed).
     pub fn record_success(&self, now: Instant, policy: &HealthPolicy) {
+        let rate = &self.failure_rate;
         self.with(|s| {
             s.consecutive_failures = 0;
             if let Some(u) = s.ejected_until {
                 if now >= u {
-                    // Half-open probe passed: back in service.
+                    // Half-open probe passed: back in service, with a fresh window.
                     s.ejected_until = None;
                     s.probe_in_flight = false;
                     s.returned_at = Some(now);
+                    s.window.clear();
                 }
-            } else if s.ejections_in_row > 0
+                return;
+            }
+            s.window.record(now, false, rate);
+            if s.ejections_in_row > 0
                 && s.returned_at
                     .is_some_and(|r| now.saturating_duration_since(r) >= backoff(policy, s.ejections_in_row))
             {
@@ -193,6 +291,7 @@ impl TargetHealth {
     /// A failed attempt (connect error, timeout, 5xx, broken stream). `may_eject` says whether
     /// the route's ejection share allows one more ejection.
     pub fn record_failure(&self, now: Instant, policy: &HealthPolicy, may_eject: bool) -> FailureEffect {
+        let rate = &self.failure_rate;
         self.with(|s| {
             if let Some(u) = s.ejected_until {
                 if now >= u {
@@ -208,7 +307,8 @@ impl TargetHealth {
                 return FailureEffect::Counted;
             }
             s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-            if s.consecutive_failures < policy.consecutive_failures {
+            s.window.record(now, true, rate);
+            if s.consecutive_failures < policy.consecutive_failures && !s.window.exceeded(rate) {
                 return FailureEffect::Counted;
             }
             if !may_eject {
@@ -218,6 +318,7 @@ impl TargetHealth {
             s.ejections_in_row = s.ejections_in_row.saturating_add(1);
             s.ejected_until = Some(now + d);
             s.consecutive_failures = 0;
+            s.window.clear();
             s.total_ejections += 1;
             FailureEffect::Ejected(d)
         })
@@ -273,6 +374,8 @@ impl TargetHealth {
             cooldown_ms: ms_left(s.cooldown_until, now),
             active_down: s.active_down,
             probing: s.probe_in_flight,
+            window_requests: s.window.outcomes.len(),
+            window_failures: s.window.failures,
         })
     }
 }
@@ -354,6 +457,91 @@ mod tests {
         assert!(h.try_begin_probe(t1));
         h.abandon_probe();
         assert!(h.try_begin_probe(t1));
+    }
+
+    fn rate() -> FailureRatePolicy {
+        FailureRatePolicy {
+            window: Duration::from_secs(10),
+            min_requests: 10,
+            failure_percent: 40,
+        }
+    }
+
+    #[test]
+    fn failure_rate_ejects_a_target_that_never_fails_twice_in_a_row() {
+        let p = policy();
+        let h = TargetHealth::with_failure_rate(rate());
+        let t0 = Instant::now();
+        // Every other attempt fails: 50 % > 40 %, but only from the 10th attempt on.
+        for i in 0..9u64 {
+            let t = t0 + Duration::from_millis(i);
+            if i % 2 == 0 {
+                assert_eq!(
+                    h.record_failure(t, &p, true),
+                    FailureEffect::Counted,
+                    "attempt {i}"
+                );
+            } else {
+                h.record_success(t, &p);
+            }
+        }
+        assert_eq!(h.view(t0).consecutive_failures, 1);
+        let t = t0 + Duration::from_millis(9);
+        h.record_success(t, &p); // 10 attempts, 5 failed: the next failure tips it
+        assert_eq!(
+            h.record_failure(t, &p, true),
+            FailureEffect::Ejected(Duration::from_millis(100))
+        );
+        // Same back-off and half-open return as the consecutive rule, with a fresh window.
+        let t1 = t + Duration::from_millis(100);
+        assert!(h.try_begin_probe(t1));
+        h.record_success(t1, &p);
+        assert_eq!(h.availability(t1), Availability::Available);
+        assert_eq!(h.view(t1).window_requests, 0);
+        assert_eq!(h.record_failure(t1, &p, true), FailureEffect::Counted);
+    }
+
+    #[test]
+    fn failure_rate_needs_the_minimum_volume_a_recent_window_and_a_share_above_the_threshold() {
+        let p = HealthPolicy {
+            consecutive_failures: 100,
+            ..policy()
+        };
+        let t0 = Instant::now();
+        // Below the minimum volume: 100 % failed but only 9 attempts.
+        let h = TargetHealth::with_failure_rate(rate());
+        for _ in 0..9 {
+            assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        }
+        // Old outcomes leave the window: the 10th, 11 s later, finds it nearly empty.
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(h.record_failure(later, &p, true), FailureEffect::Counted);
+        assert_eq!(h.view(later).window_requests, 1);
+
+        // Exactly at the threshold is not above it: 4 of 10 failed with 40 %.
+        let h = TargetHealth::with_failure_rate(rate());
+        for i in 0..9 {
+            if i < 3 {
+                assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+            } else {
+                h.record_success(t0, &p);
+            }
+        }
+        assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        // 5 of 11 is above 40 %; the route's ejection share still decides.
+        assert_eq!(h.record_failure(t0, &p, false), FailureEffect::EjectionCapped);
+        assert!(h.is_healthy(t0));
+
+        // 100 turns the rule off.
+        let off = FailureRatePolicy {
+            failure_percent: 100,
+            ..rate()
+        };
+        let h = TargetHealth::with_failure_rate(off);
+        for _ in 0..50 {
+            assert_eq!(h.record_failure(t0, &p, true), FailureEffect::Counted);
+        }
+        assert_eq!(h.view(t0).window_requests, 0);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! generic prefix routes) and sends each request to a healthy copy of the model, whatever breaks.
 //!
 //! How it fits: a [`RoutingSnapshot`](ballast_api::routing::RoutingSnapshot) (from a static
-//! `routes.toml` today, from the registry later) is validated, persisted as last-known-good and
+//! `routes.toml` or the registry's [`registry`] source) is validated, persisted as last-known-good and
 //! swapped in atomically ([`state`]); it is compiled into a [`table`]; each request gets an
 //! attempt plan ([`select`]: local region, other regions, fallback routes; weighted splits and
 //! sticky sessions) and walks it under one deadline ([`proxy`]), guarded by per-target
-//! [`health`] (passive ejection, half-open probes, active checks — [`checker`]), a retry
-//! [`budget`] and region [`failover`] with hold-down. Everything is counted in [`metrics`].
+//! [`health`] (passive ejection on consecutive failures or failure rate, half-open probes,
+//! active checks — [`checker`]) and the operator's drain flag ([`table::DrainFlag`]), a retry
+//! [`budget`] and region [`failover`] with hold-down. `https` targets speak TLS ([`tls`]).
+//! Everything is counted in [`metrics`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,9 +33,11 @@ pub mod health;
 pub mod lkg;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod select;
 pub mod state;
 pub mod table;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use ballast_api::routing::RoutingSnapshot;
 
 pub use crate::config::{load_routes_file, ConfigError, RouterConfig};
@@ -56,6 +60,15 @@ pub enum StartError {
     /// Neither the routes file nor the last-known-good snapshot gave a usable snapshot.
     #[error("no usable routing snapshot: {0}")]
     NoSnapshot(String),
+    /// The configuration names both a routes file and a registry.
+    #[error("give either a routes file (--config) or a registry (--registry), not both")]
+    BothSources,
+    /// The registry URL is unusable.
+    #[error(transparent)]
+    Registry(#[from] registry::FetchError),
+    /// TLS to upstreams could not be set up (e.g. an unusable `upstream_ca` file).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -194,6 +207,50 @@ fn initial_snapshot(config: &RouterConfig) -> Result<(RoutingSnapshot, &'static 
     }
 }
 
+/// The first snapshot of a registry-fed router: the last-known-good one when there is one (the
+/// poller fetches anything newer at once), else one fetched from the registry now.
+async fn initial_from_registry(
+    config: &RouterConfig,
+    client: &registry::RegistryClient,
+) -> Result<(RoutingSnapshot, &'static str), StartError> {
+    let mut problems = Vec::new();
+    if let Some(dir) = &config.state_dir {
+        match lkg::load(dir) {
+            Ok(Some(s)) => {
+                tracing::info!(
+                    generation = s.generation,
+                    "starting from the last-known-good snapshot; watching the registry"
+                );
+                return Ok((s, "last_known_good"));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "last-known-good snapshot unusable");
+                problems.push(e.to_string());
+            }
+        }
+    }
+    match client.poll(None, std::time::Duration::ZERO).await {
+        Ok(registry::Poll::Snapshot(s)) => match s.validate() {
+            Ok(()) => Ok((*s, "registry")),
+            Err(e) => {
+                problems.push(format!("the registry's snapshot is invalid: {e}"));
+                Err(StartError::NoSnapshot(problems.join("; ")))
+            }
+        },
+        Ok(registry::Poll::NotModified) => {
+            problems.push("the registry answered 304 to a first request".to_owned());
+            Err(StartError::NoSnapshot(problems.join("; ")))
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{e}, and there is no last-known-good snapshot to serve from"
+            ));
+            Err(StartError::NoSnapshot(problems.join("; ")))
+        }
+    }
+}
+
 type FileStamp = Option<(SystemTime, u64)>;
 
 fn stamp(path: &PathBuf) -> FileStamp {
@@ -209,7 +266,16 @@ impl Router {
     /// No usable snapshot, or the address cannot be bound.
     pub async fn bind(config: RouterConfig) -> Result<Self, StartError> {
         let first_stamp = config.routes_file.as_ref().and_then(stamp);
-        let (snapshot, source) = initial_snapshot(&config)?;
+        let registry = match &config.registry {
+            Some(_) if config.routes_file.is_some() => return Err(StartError::BothSources),
+            Some(url) => Some(registry::RegistryClient::new(url)?),
+            None => None,
+        };
+        let tls = tls::client_config(config.upstream_ca.as_deref())?;
+        let (snapshot, source) = match &registry {
+            Some(client) => initial_from_registry(&config, client).await?,
+            None => initial_snapshot(&config)?,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -225,7 +291,7 @@ impl Router {
             }
         }
         tracing::info!(generation = snapshot.generation, source, region = %config.region, "routing snapshot loaded");
-        let shared = Shared::new(config, snapshot, source);
+        let shared = Shared::new(config, snapshot, source, tls);
         let active = shared.active();
         shared.restart_checkers(&active);
         let watcher = shared.config.routes_file.clone().map(|path| {
@@ -244,10 +310,12 @@ impl Router {
                 }
             })
         });
+        let poller = registry.map(|client| tokio::spawn(registry::watch(Arc::clone(&shared), client)));
         Ok(Self {
             listener,
             _background: Background {
                 watcher,
+                poller,
                 shared: Arc::clone(&shared),
             },
             shared,
@@ -285,6 +353,8 @@ impl Router {
             .route("/metrics", get(admin::metrics))
             .route("/routes", get(admin::routes))
             .route("/admin/targets", get(admin::targets))
+            .route("/admin/targets/{id}/drain", post(admin::drain))
+            .route("/admin/targets/{id}/undrain", post(admin::undrain))
             .fallback(proxy::handle)
             .with_state(Arc::clone(&self.shared));
         let grace = self.shared.config.shutdown_grace;
@@ -315,6 +385,7 @@ impl Router {
 #[derive(Debug)]
 struct Background {
     watcher: Option<tokio::task::JoinHandle<()>>,
+    poller: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
@@ -322,6 +393,9 @@ impl Drop for Background {
     fn drop(&mut self) {
         if let Some(w) = &self.watcher {
             w.abort();
+        }
+        if let Some(p) = &self.poller {
+            p.abort();
         }
         self.shared.stop_checkers();
     }

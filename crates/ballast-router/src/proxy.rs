@@ -514,12 +514,6 @@ async fn attempt(
     limit: Duration,
     by_deadline: bool,
 ) -> Result<Winner, RouterError> {
-    if cand.target.scheme != http::uri::Scheme::HTTP {
-        return Err(RouterError::new(
-            ErrorKind::Connect,
-            "https targets are not supported by this router build",
-        ));
-    }
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
@@ -596,12 +590,13 @@ fn success_response(
         let route = Arc::clone(&cand.route);
         let target = Arc::clone(&cand.target);
         Box::new(move || {
-            tracing::warn!(route = %route.spec.name, target = %target.spec.id, "response stream broke after it started");
+            tracing::warn!(route = %route.spec.name, target = %target.spec.id, "response stream broke (or went idle) after it started");
             shared.metrics.stream_errors.with(&[&target.spec.id]).inc();
             record_target_failure(&shared, &route, &target, Instant::now());
         })
     };
-    Response::from_parts(parts, Body::new(UpstreamBody::new(first, body, on_error)))
+    let idle = shared.config.stream_idle_timeout;
+    Response::from_parts(parts, Body::new(UpstreamBody::new(first, body, idle, on_error)))
 }
 
 /// The router's own error answer, with every attempt listed.

@@ -6,6 +6,8 @@
 //! targets of a version ordered by weighted rendezvous hashing — on a random key (a weighted
 //! random pick) or on the sticky header's value (the same target while it stays healthy).
 //! Unavailable targets are left out, unless too few are healthy (panic mode: all are tried).
+//! Targets an operator drained are left out even in panic mode, unless no target of the route or
+//! its fallbacks is left to try at all.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -133,7 +135,9 @@ fn plan_route(
     if total == 0 {
         return;
     }
-    let healthy = route.targets.iter().filter(|t| t.health.is_healthy(now)).count();
+    // Drained targets are not capacity: they count as unhealthy for panic mode and failover.
+    let serving = |t: &TargetRt| !t.drain.is_drained() && t.health.is_healthy(now);
+    let healthy = route.targets.iter().filter(|t| serving(t)).count();
     let panic = force_all
         || healthy * 100 < total * usize::try_from(spec.health.panic_threshold_percent).unwrap_or(100);
     if panic && !out.panic_routes.contains(&spec.name) {
@@ -142,7 +146,7 @@ fn plan_route(
     let mut regions: Vec<&str> = route.region_order.iter().map(String::as_str).collect();
     if route.has_local {
         let local: Vec<&Arc<TargetRt>> = route.targets.iter().filter(|t| t.spec.region == region).collect();
-        let local_healthy = local.iter().filter(|t| t.health.is_healthy(now)).count();
+        let local_healthy = local.iter().filter(|t| serving(t)).count();
         let local_ok = local_healthy * 100
             >= local.len() * usize::try_from(spec.failover.min_healthy_percent).unwrap_or(100);
         let hold = Duration::from_millis(spec.failover.hold_down_ms);
@@ -182,6 +186,11 @@ fn plan_route(
                 .collect();
             order_by_score(&mut tier, |t| rendezvous_score(key, &t.spec.id, t.spec.weight));
             for t in tier {
+                // The operator's drain holds even in panic mode; only "nothing else at all"
+                // (`force_all`) overrides it.
+                if !force_all && t.drain.is_drained() {
+                    continue;
+                }
                 let availability = if panic {
                     Availability::Available
                 } else {
@@ -248,6 +257,47 @@ mod tests {
 
     fn ids(p: &Plan) -> Vec<String> {
         p.candidates.iter().map(|c| c.target.spec.id.clone()).collect()
+    }
+
+    #[test]
+    fn drained_targets_get_no_requests_unless_nothing_else_is_left() {
+        let s = RoutingSnapshot::new(
+            1,
+            BTreeMap::new(),
+            vec![route(
+                "bot",
+                vec![
+                    target("eu1", "eu", "m/bot/1", 1),
+                    target("us1", "us", "m/bot/1", 1),
+                ],
+                &[],
+            )],
+        );
+        let rt = Runtime::default();
+        let table = Table::compile(&s, "eu", &rt);
+        let bot = table.route("bot").unwrap();
+        let now = Instant::now();
+        let headers = HeaderMap::new();
+        assert!(!bot.targets[0].drain.set(true));
+        let p = plan(&table, bot, "eu", &headers, 7, now);
+        assert_eq!(ids(&p), vec!["us1"]);
+        // Drained and healthy state are independent.
+        assert!(bot.targets[0].health.is_healthy(now));
+        // The other one ejected: panic mode ignores its health, not the drain.
+        bot.targets[1].health.record_failure(now, &bot.spec.health, true);
+        let p = plan(&table, bot, "eu", &headers, 7, now);
+        assert_eq!(ids(&p), vec!["us1"]);
+        assert_eq!(p.panic_routes, vec!["bot".to_owned()]);
+        // Every target drained: nothing is left, so everything is tried.
+        bot.targets[1].drain.set(true);
+        let p = plan(&table, bot, "eu", &headers, 7, now);
+        let mut all = ids(&p);
+        all.sort();
+        assert_eq!(all, vec!["eu1", "us1"]);
+        // The flag survives a reload (by target id).
+        let again = Table::compile(&s, "eu", &rt);
+        assert!(again.route("bot").unwrap().targets[0].drain.is_drained());
+        assert!(bot.targets[0].drain.set(false));
     }
 
     #[test]

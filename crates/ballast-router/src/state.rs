@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ballast_api::routing::{RoutingSnapshot, SnapshotInvalid};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -17,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::table::{RouteRt, Runtime, Table, TargetRt};
 
 /// The HTTP client used for upstream calls.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// The snapshot being served, compiled.
 #[derive(Debug)]
@@ -32,13 +33,23 @@ pub struct Active {
     pub loaded_at_unix_ms: u64,
 }
 
-/// Pooled HTTP clients, one per connect timeout.
-#[derive(Debug, Default)]
+/// Pooled HTTP(S) clients, one per connect timeout, sharing one TLS configuration.
+#[derive(Debug)]
 pub struct Clients {
     by_connect_ms: Mutex<HashMap<u64, HttpClient>>,
+    tls: rustls::ClientConfig,
 }
 
 impl Clients {
+    /// Clients that speak TLS with this configuration to `https` targets.
+    #[must_use]
+    pub fn new(tls: rustls::ClientConfig) -> Self {
+        Self {
+            by_connect_ms: Mutex::new(HashMap::new()),
+            tls,
+        }
+    }
+
     /// The client whose connector gives up connecting after `connect_ms`.
     pub fn get(&self, connect_ms: u64) -> HttpClient {
         let mut map = match self.by_connect_ms.lock() {
@@ -51,6 +62,12 @@ impl Clients {
                 connector.set_connect_timeout(Some(Duration::from_millis(connect_ms)));
                 connector.set_nodelay(true);
                 connector.set_keepalive(Some(Duration::from_secs(60)));
+                connector.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(self.tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(256)
@@ -112,6 +129,8 @@ pub struct Shared {
     checkers: Mutex<Vec<tokio::task::AbortHandle>>,
     /// When the process started serving.
     pub started: Instant,
+    /// The registry source's state (when the router watches a registry).
+    pub registry: Mutex<Option<crate::registry::RegistryStatus>>,
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
@@ -121,8 +140,13 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 
 impl Shared {
     /// Builds the state around a first, already validated snapshot.
-    pub(crate) fn new(config: RouterConfig, snapshot: RoutingSnapshot, source: &'static str) -> Arc<Self> {
-        let runtime = Runtime::default();
+    pub(crate) fn new(
+        config: RouterConfig,
+        snapshot: RoutingSnapshot,
+        source: &'static str,
+        tls: rustls::ClientConfig,
+    ) -> Arc<Self> {
+        let runtime = Runtime::with_failure_rate(config.failure_rate.clone());
         let table = Table::compile(&snapshot, &config.region, &runtime);
         let metrics = Metrics::new();
         let loaded = unix_ms(SystemTime::now());
@@ -140,10 +164,44 @@ impl Shared {
             offer_lock: Mutex::new(()),
             runtime,
             metrics,
-            clients: Clients::default(),
+            clients: Clients::new(tls),
             checkers: Mutex::new(Vec::new()),
             started: Instant::now(),
+            registry: Mutex::new(None),
         })
+    }
+
+    fn with_registry(&self, f: impl FnOnce(&mut crate::registry::RegistryStatus)) {
+        let mut g = match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let url = self.config.registry.clone().unwrap_or_default();
+        f(g.get_or_insert_with(|| crate::registry::RegistryStatus {
+            url,
+            ..Default::default()
+        }));
+    }
+
+    /// Records a successful registry poll.
+    pub(crate) fn registry_ok(&self, now_ms: u64) {
+        self.with_registry(|s| {
+            s.last_ok_unix_ms = Some(now_ms);
+            s.last_error = None;
+        });
+    }
+
+    /// Records a failed registry poll.
+    pub(crate) fn registry_failed(&self, error: String) {
+        self.with_registry(|s| s.last_error = Some(error));
+    }
+
+    /// The registry source's state, if the router watches a registry.
+    pub fn registry_status(&self) -> Option<crate::registry::RegistryStatus> {
+        self.config.registry.as_ref()?;
+        let mut out = None;
+        self.with_registry(|s| out = Some(s.clone()));
+        out
     }
 
     /// The active snapshot (a request holds on to it until it ends).

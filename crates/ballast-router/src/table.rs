@@ -11,7 +11,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::budget::RetryBudget;
 use crate::failover::FailoverState;
-use crate::health::TargetHealth;
+use crate::health::{FailureRatePolicy, TargetHealth};
 
 /// A target ready to be called.
 #[derive(Debug)]
@@ -28,6 +28,26 @@ pub struct TargetRt {
     pub base_path: String,
     /// Health, kept across reloads while the id and URL stay the same.
     pub health: Arc<TargetHealth>,
+    /// The operator's drain flag, kept apart from health and across reloads (by id).
+    pub drain: Arc<DrainFlag>,
+}
+
+/// An operator's decision to take a target out of service: a drained target gets no new
+/// requests (except when nothing else is left, see [`crate::select`]); requests already under
+/// way finish. Independent of health: draining neither ejects nor resets anything.
+#[derive(Debug, Default)]
+pub struct DrainFlag(std::sync::atomic::AtomicBool);
+
+impl DrainFlag {
+    /// Whether the target is drained.
+    pub fn is_drained(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Drains (`true`) or returns (`false`) the target; returns the previous value.
+    pub fn set(&self, drained: bool) -> bool {
+        self.0.swap(drained, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 /// Per-route state that survives reloads.
@@ -59,10 +79,22 @@ pub struct RouteRt {
 #[derive(Debug, Default)]
 pub struct Runtime {
     health: Mutex<HashMap<String, (String, Arc<TargetHealth>)>>,
+    drains: Mutex<HashMap<String, Arc<DrainFlag>>>,
     routes: Mutex<HashMap<String, Arc<RouteState>>>,
+    /// The failure-rate rule given to every new target's health.
+    pub failure_rate: FailureRatePolicy,
 }
 
 impl Runtime {
+    /// Empty state whose new targets are judged by this failure-rate rule.
+    #[must_use]
+    pub fn with_failure_rate(failure_rate: FailureRatePolicy) -> Self {
+        Self {
+            failure_rate,
+            ..Self::default()
+        }
+    }
+
     /// Every target's health, by id (for the checker and `/admin/targets`).
     pub fn health_of(&self, id: &str) -> Option<Arc<TargetHealth>> {
         lock(&self.health).get(id).map(|(_, h)| Arc::clone(h))
@@ -99,7 +131,9 @@ impl Table {
     #[must_use]
     pub fn compile(snapshot: &RoutingSnapshot, region: &str, runtime: &Runtime) -> Self {
         let mut health = lock(&runtime.health);
+        let mut drains = lock(&runtime.drains);
         let mut states = lock(&runtime.routes);
+        let mut new_drains: HashMap<String, Arc<DrainFlag>> = HashMap::new();
         let mut new_health: HashMap<String, (String, Arc<TargetHealth>)> = HashMap::new();
         let mut new_states: HashMap<String, Arc<RouteState>> = HashMap::new();
         let mut routes = Vec::with_capacity(snapshot.routes.len());
@@ -112,9 +146,11 @@ impl Table {
                 };
                 let h = match health.get(&t.id) {
                     Some((url, h)) if *url == t.url => Arc::clone(h),
-                    _ => Arc::new(TargetHealth::new()),
+                    _ => Arc::new(TargetHealth::with_failure_rate(runtime.failure_rate.clone())),
                 };
                 new_health.insert(t.id.clone(), (t.url.clone(), Arc::clone(&h)));
+                let drain = drains.get(&t.id).map_or_else(Arc::default, Arc::clone);
+                new_drains.insert(t.id.clone(), Arc::clone(&drain));
                 targets.push(Arc::new(TargetRt {
                     spec: t.clone(),
                     route: route.name.clone(),
@@ -122,6 +158,7 @@ impl Table {
                     authority,
                     base_path,
                     health: h,
+                    drain,
                 }));
             }
             let state = states
@@ -151,6 +188,7 @@ impl Table {
             }));
         }
         *health = new_health;
+        *drains = new_drains;
         *states = new_states;
         let by_name = routes
             .iter()

@@ -21,6 +21,8 @@ pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
     config.routes_file = args.config.clone();
     config.registry = args.registry.clone();
     config.state_dir = Some(args.state_dir.clone());
+    config.upstream_ca = args.upstream_ca.clone();
+    config.stream_idle_timeout = std::time::Duration::from_secs(args.stream_idle_timeout_secs.max(1));
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;

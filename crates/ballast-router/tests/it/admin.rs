@@ -93,3 +93,135 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["upstream"], "slow");
 }
+
+async fn post(router: &TestRouter, path: &str) -> (u16, serde_json::Value) {
+    let r = client().post(router.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn drained_targets_get_no_new_requests_while_in_flight_ones_finish() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    a.set(Mode::Delay(Duration::from_millis(500)));
+    let toml = format!(
+        "generation = 1\n[regions.r0]\nfailover = [\"r1\"]\n[[routes]]\nname = \"bot\"\nfailover = {{ min_healthy_percent = 0 }}\n{}{}",
+        target("a", &a.url(), "r0", "m/bot/1"),
+        target("b", &b.url(), "r1", "m/bot/1"),
+    );
+    let router = TestRouter::start("r0", &toml).await;
+    assert_eq!(router.target("a").await["drained"], false);
+    let url = router.url("/v1/chat/completions");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&serde_json::json!({"model": "bot"}))
+            .send()
+            .await
+            .unwrap()
+    });
+    eventually(Duration::from_secs(2), "request in flight on a", || async {
+        a.hits() == 1
+    })
+    .await;
+
+    let (status, body) = post(&router, "/admin/targets/a/drain").await;
+    assert_eq!(
+        (status, &body["drained"], &body["was_drained"]),
+        (200, &true.into(), &false.into()),
+        "{body}"
+    );
+    let t = router.target("a").await;
+    // Drained is not a health state.
+    assert_eq!(
+        (&t["drained"], &t["phase"]),
+        (&true.into(), &"healthy".into()),
+        "{t}"
+    );
+    for _ in 0..5 {
+        let r = router.chat("bot").await;
+        assert_eq!((r.status, r.upstream().as_str(), r.attempts()), (200, "b", 1));
+    }
+    assert_eq!(a.hits(), 1);
+    // The request that was under way finishes on a.
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["upstream"], "a");
+
+    // Every target drained: rather than refuse, every target is tried (panic rules).
+    a.set(Mode::Ok);
+    assert_eq!(post(&router, "/admin/targets/b/drain").await.0, 200);
+    let r = router.chat("bot").await;
+    assert_eq!((r.status, r.upstream().as_str()), (200, "a"));
+    assert_eq!(a.hits(), 2);
+
+    // Undrained: a (local) serves again.
+    let (status, body) = post(&router, "/admin/targets/a/undrain").await;
+    assert_eq!((status, &body["drained"]), (200, &false.into()), "{body}");
+    assert_eq!(post(&router, "/admin/targets/b/undrain").await.0, 200);
+    let r = router.chat("bot").await;
+    assert_eq!((r.upstream().as_str(), r.attempts()), ("a", 1));
+    assert_eq!(router.target("b").await["drained"], false);
+
+    let (status, body) = post(&router, "/admin/targets/nope/drain").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &"unknown_target".into()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_cover_requests_latency_attempts_fallbacks_ejections_failovers_and_the_snapshot() {
+    let a = Upstream::start("a").await;
+    let s = Upstream::start("s").await;
+    a.set(Mode::Status(500));
+    let toml = format!(
+        "generation = 9\n[[routes]]\nname = \"bot\"\nfallbacks = [\"small\"]\nhealth = {{ consecutive_failures = 1, base_ejection_ms = 60000, max_ejection_ms = 60000, panic_threshold_percent = 0 }}\n{}[[routes]]\nname = \"small\"\n{}",
+        target("a", &a.url(), "eu", "m/bot/1"),
+        target("s", &s.url(), "eu", "m/small/1"),
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    // a fails and is ejected, the fallback route serves; the next request finds the local
+    // region below its healthy share and fails over.
+    for _ in 0..2 {
+        let r = router.chat("bot").await;
+        assert_eq!((r.status, r.upstream().as_str()), (200, "s"), "{}", r.body);
+    }
+    let m = router.metrics().await;
+    for name in [
+        "ballast_router_requests_total{",
+        "ballast_router_request_duration_seconds_bucket{",
+        "ballast_router_request_duration_seconds_count{",
+        "ballast_router_attempts_total{",
+        "ballast_router_target_latency_seconds_bucket{",
+        "ballast_router_fallbacks_total{route=\"bot\",served_by=\"small\"}",
+        "ballast_router_ejections_total{route=\"bot\",target=\"a\"}",
+        "ballast_router_region_failovers_total{route=\"bot\",direction=\"out\"}",
+        "ballast_router_snapshot_loads_total{",
+        "ballast_router_snapshot_generation ",
+        "ballast_router_snapshot_age_seconds ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(name)),
+            "no {name} sample in:\n{m}"
+        );
+    }
+    for name in [
+        "ballast_router_retry_budget_exhausted_total",
+        "ballast_router_panic_routing_total",
+        "ballast_router_stream_errors_total",
+    ] {
+        assert!(m.contains(&format!("# TYPE {name} counter")), "{name}: {m}");
+    }
+    assert_eq!(metric(&m, "ballast_router_snapshot_generation "), 9.0);
+    assert_eq!(
+        metric(
+            &m,
+            "ballast_router_fallbacks_total{route=\"bot\",served_by=\"small\"}"
+        ),
+        2.0
+    );
+}

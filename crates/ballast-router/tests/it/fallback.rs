@@ -240,7 +240,11 @@ async fn the_retry_budget_stops_retry_storms() {
         target("a", &a.url(), "r0", "m/bot/1"),
         target("b", &b.url(), "r1", "m/bot/1"),
     );
-    let router = TestRouter::start("r0", &toml).await;
+    // No ejection at all (neither rule), so every request reaches the upstreams.
+    let router = TestRouter::start_with("r0", &toml, |c| {
+        c.failure_rate.failure_percent = 100;
+    })
+    .await;
     let mut refused = 0;
     for _ in 0..50 {
         let r = router.chat("bot").await;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ballast_router::health::FailureRatePolicy;
+
 use crate::support::{eventually, metric, target, Mode, TestRouter, Upstream};
 
 const REGIONS: &str = "[regions.r0]\nfailover = [\"r1\"]\n";
@@ -148,4 +150,60 @@ async fn panic_mode_routes_across_all_targets_when_too_few_look_healthy() {
         metric(&m, "ballast_router_panic_routing_total{route=\"bot\"}") >= 5.0,
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn a_target_failing_half_its_requests_is_ejected_by_its_failure_rate() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    // Fails every second request: never two failures in a row.
+    a.set(Mode::EveryOther(500));
+    let toml = format!(
+        "generation = 1\n{REGIONS}[[routes]]\nname = \"bot\"\nhealth = {{ consecutive_failures = 3, base_ejection_ms = 2000, max_ejection_ms = 4000, max_ejection_percent = 50 }}\nfailover = {{ min_healthy_percent = 0 }}\n{}{}",
+        target("a", &a.url(), "r0", "m/bot/1"),
+        target("b", &b.url(), "r1", "m/bot/1"),
+    );
+    let router = TestRouter::start_with("r0", &toml, |c| {
+        c.failure_rate = FailureRatePolicy {
+            window: Duration::from_secs(30),
+            min_requests: 10,
+            failure_percent: 40,
+        };
+    })
+    .await;
+    let mut sent = 0;
+    while router.target("a").await["total_ejections"] == 0 {
+        assert!(sent < 30, "a never ejected: {}", router.targets().await);
+        let r = router.chat("bot").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent += 1;
+        let t = router.target("a").await;
+        assert!(
+            t["consecutive_failures"].as_u64().unwrap() < 2,
+            "the consecutive rule must never be the one that fires: {t}"
+        );
+    }
+    // The 10th attempt was the 5th failure (5 of 10 > 40 %).
+    assert_eq!(a.hits(), 10);
+    assert_eq!(sent, 10);
+    let m = router.metrics().await;
+    assert_eq!(
+        metric(&m, "ballast_router_ejections_total{route=\"bot\",target=\"a\"}"),
+        1.0,
+        "{m}"
+    );
+    // Ejected: no more attempts on a.
+    for _ in 0..3 {
+        let r = router.chat("bot").await;
+        assert_eq!((r.upstream().as_str(), r.attempts()), ("b", 1));
+    }
+    assert_eq!(a.hits(), 10);
+    // Same return path as the consecutive rule: after the back-off, a half-open probe.
+    a.set(Mode::Ok);
+    eventually(Duration::from_secs(8), "a healthy again", || async {
+        router.target_phase("a").await == "healthy"
+    })
+    .await;
+    let r = router.chat("bot").await;
+    assert_eq!((r.upstream().as_str(), r.attempts()), ("a", 1));
 }

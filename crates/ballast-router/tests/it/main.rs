@@ -12,6 +12,8 @@ mod fallback;
 mod health;
 mod proxying;
 mod region;
+mod registry;
 mod reload;
 mod support;
+mod tls;
 mod traffic;

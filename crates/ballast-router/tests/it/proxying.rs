@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 
-use crate::support::{client, target, Mode, TestRouter, Upstream};
+use crate::support::{client, metric, target, Mode, TestRouter, Upstream};
 
 #[tokio::test]
 async fn chat_completion_is_routed_by_model_and_says_what_served() {
@@ -178,4 +178,71 @@ async fn small_bodies_are_replayed_and_large_ones_are_not_retried_after_they_flo
     assert_eq!(body["error"]["attempts"][0]["target"], "bad");
     assert_eq!(bad.seen.lock().unwrap().bodies.last().unwrap().len(), 64 * 1024);
     assert_eq!(good.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout_and_counts_against_the_target() {
+    let quiet = Upstream::start("quiet").await;
+    quiet.set(Mode::SseThenStall(2));
+    let steady = Upstream::start("steady").await;
+    // Gaps shorter than the idle timeout.
+    steady.set(Mode::Sse(4, Duration::from_millis(100)));
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}[[routes]]\nname = \"steady\"\n{}",
+        target("q", &quiet.url(), "eu", "m/bot/1"),
+        target("s", &steady.url(), "eu", "m/steady/1"),
+    );
+    let router = TestRouter::start_with("eu", &toml, |c| {
+        c.stream_idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+
+    let read_all = |model: &'static str| {
+        let url = router.url("/v1/chat/completions");
+        async move {
+            let r = client()
+                .post(url)
+                .json(&serde_json::json!({"model": model, "stream": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let mut stream = r.bytes_stream();
+            let mut text = String::new();
+            let mut cut = false;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+                    Err(_) => {
+                        cut = true;
+                        break;
+                    }
+                }
+            }
+            (text, cut)
+        }
+    };
+
+    let started = Instant::now();
+    let (text, cut) = tokio::time::timeout(Duration::from_secs(10), read_all("bot"))
+        .await
+        .expect("the idle stream was never cut");
+    let took = started.elapsed();
+    assert!(cut, "the client must see a cut stream: {text}");
+    assert_eq!(text.matches("data:").count(), 2, "{text}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    let m = router.metrics().await;
+    assert_eq!(
+        metric(&m, "ballast_router_stream_errors_total{target=\"q\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(router.target("q").await["consecutive_failures"], 1);
+
+    // A stream that keeps talking is not cut, however long it lasts in total.
+    let (text, cut) = tokio::time::timeout(Duration::from_secs(10), read_all("steady"))
+        .await
+        .unwrap();
+    assert!(!cut, "{text}");
+    assert_eq!(text.matches("data:").count(), 4, "{text}");
 }

@@ -39,6 +39,10 @@ pub enum Mode {
     CutMidStream,
     /// Closes each new connection without answering.
     Reset,
+    /// Every second request (the 2nd, 4th, …) answers this status; the others 200.
+    EveryOther(u16),
+    /// Server-sent events: `n` events at once, then silence with the stream left open.
+    SseThenStall(usize),
 }
 
 #[derive(Debug, Default)]
@@ -178,7 +182,7 @@ async fn answer(
         *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
         return Ok(r);
     }
-    hits.fetch_add(1, Ordering::SeqCst);
+    let hit = hits.fetch_add(1, Ordering::SeqCst) + 1;
     let mode_now = mode.lock().unwrap().clone();
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
@@ -194,6 +198,29 @@ async fn answer(
     let ok_body = serde_json::json!({"upstream": name, "model": model, "path": parts.uri.to_string(), "len": body.len()}).to_string();
     let resp = match mode_now {
         Mode::Ok | Mode::Reset => Response::new(full(ok_body)),
+        Mode::EveryOther(s) if hit % 2 == 0 => {
+            let mut r = Response::new(full(format!("{{\"upstream\":\"{name}\",\"status\":{s}}}")));
+            *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
+            r
+        }
+        Mode::EveryOther(_) => Response::new(full(ok_body)),
+        Mode::SseThenStall(n) => {
+            let name = name.clone();
+            let stream = futures_util::stream::unfold(0usize, move |i| {
+                let name = name.clone();
+                async move {
+                    if i >= n {
+                        std::future::pending::<()>().await;
+                    }
+                    let ev = format!("data: {{\"upstream\":\"{name}\",\"i\":{i}}}\n\n");
+                    Some((Ok::<_, BoxError>(Frame::data(Bytes::from(ev))), i + 1))
+                }
+            });
+            let mut r = Response::new(BoxBody::new(StreamBody::new(stream)));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
         Mode::Status(s) => {
             let mut r = Response::new(full(format!("{{\"upstream\":\"{name}\",\"status\":{s}}}")));
             *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
@@ -291,11 +318,36 @@ impl TestRouter {
         Self::start_in(dir, routes_path, state_dir, region).await.unwrap()
     }
 
+    /// Like [`Self::start`], with the router's settings adjusted by `configure`.
+    pub async fn start_with(
+        region: &str,
+        routes_toml: &str,
+        configure: impl FnOnce(&mut RouterConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_path = dir.path().join("routes.toml");
+        std::fs::write(&routes_path, routes_toml).unwrap();
+        let state_dir = dir.path().join("state");
+        Self::start_configured(dir, routes_path, state_dir, region, configure)
+            .await
+            .unwrap()
+    }
+
     pub async fn start_in(
         dir: tempfile::TempDir,
         routes_path: PathBuf,
         state_dir: PathBuf,
         region: &str,
+    ) -> Result<Self, ballast_router::StartError> {
+        Self::start_configured(dir, routes_path, state_dir, region, |_| {}).await
+    }
+
+    pub async fn start_configured(
+        dir: tempfile::TempDir,
+        routes_path: PathBuf,
+        state_dir: PathBuf,
+        region: &str,
+        configure: impl FnOnce(&mut RouterConfig),
     ) -> Result<Self, ballast_router::StartError> {
         let mut config = RouterConfig::new(region);
         config.listen = "127.0.0.1:0".parse().unwrap();
@@ -303,6 +355,7 @@ impl TestRouter {
         config.state_dir = Some(state_dir.clone());
         config.watch_interval = Duration::from_millis(50);
         config.shutdown_grace = Duration::from_secs(5);
+        configure(&mut config);
         let router = Router::bind(config).await?;
         let addr = router.local_addr().unwrap();
         let handle = router.handle();
@@ -365,13 +418,18 @@ impl TestRouter {
     }
 
     pub async fn target_phase(&self, id: &str) -> String {
+        self.target(id).await["phase"].as_str().unwrap().to_owned()
+    }
+
+    /// One target's entry in `/admin/targets`.
+    pub async fn target(&self, id: &str) -> serde_json::Value {
         let t = self.targets().await;
         t["targets"]
             .as_array()
             .unwrap()
             .iter()
             .find(|t| t["id"] == id)
-            .map(|t| t["phase"].as_str().unwrap().to_owned())
+            .cloned()
             .unwrap()
     }
 
