@@ -195,14 +195,18 @@ async fn corrupt_chunk_fails_a_range_read() {
     let r = range(&app, &path, &format!("bytes={}-{}", 4 * MIB + 1, 4 * MIB + 100)).await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert!(r.bytes().await.unwrap() == bytes[4 * MIB + 1..=4 * MIB + 100]);
-    // A range touching the damaged chunk never delivers its bytes.
-    let r = range(&app, &path, "bytes=0-99").await;
-    if r.status() == StatusCode::PARTIAL_CONTENT {
-        if let Ok(b) = r.bytes().await {
-            assert_ne!(b.len(), 100, "bytes of a damaged chunk were served");
+    // A range touching the damaged chunk never delivers its bytes: the connection is cut (before
+    // or after the headers, depending on timing) or the answer is a blob_corrupt error.
+    match app.get(&path).header("range", "bytes=0-99").send().await {
+        Err(_) => {}
+        Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT => {
+            if let Ok(b) = r.bytes().await {
+                assert_ne!(b.len(), 100, "bytes of a damaged chunk were served");
+            }
         }
-    } else {
-        err(r, StatusCode::INTERNAL_SERVER_ERROR, "blob_corrupt").await;
+        Ok(r) => {
+            err(r, StatusCode::INTERNAL_SERVER_ERROR, "blob_corrupt").await;
+        }
     }
     let r = app.get(&path).send().await.unwrap();
     err(r, StatusCode::INTERNAL_SERVER_ERROR, "blob_corrupt").await;
