@@ -106,6 +106,13 @@ pub fn this_thread_secs() -> Option<f64> {
     parse_stat(&stat).map(|(_, ticks)| ticks as f64 / TICKS_PER_SEC)
 }
 
+/// CPU seconds another process has used so far (`utime + stime` of `/proc/PID/stat`).
+pub fn process_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    parse_stat(&stat).map(|(_, ticks)| ticks as f64 / TICKS_PER_SEC)
+}
+
 /// Parses the name and `utime + stime` of a `stat` line.
 fn parse_stat(s: &str) -> Option<(String, u64)> {
     let open = s.find('(')?;
@@ -125,8 +132,12 @@ fn group(name: &str) -> &str {
         "server sqlite writer"
     } else if name.starts_with("ballast-server") {
         "server accept loop"
-    } else if name.starts_with("loadgen") {
+    } else if name.starts_with("loadgen") || name.starts_with("pacer") {
         LOADGEN
+    } else if name.starts_with("router-worker") || name.starts_with("router-main") {
+        "router runtime (in-process)"
+    } else if name.starts_with("backend") {
+        "backend runtime"
     } else {
         name
     }

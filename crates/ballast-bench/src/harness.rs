@@ -104,3 +104,68 @@ impl Drop for InProcessServer {
         }
     }
 }
+
+/// Sends the bound address (or why binding failed) back to [`InProcess::spawn`].
+pub type AddrTx = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+/// Any server run on a dedicated OS thread with its own multi-threaded runtime.
+pub struct InProcess {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    /// Starts `run(addr_tx, stop)` on a runtime with `worker_threads` workers named
+    /// `thread_name`; `run` must send its bound address on `addr_tx`, then serve until `stop`.
+    pub fn spawn<F, Fut>(thread_name: &str, worker_threads: usize, run: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(AddrTx, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let name = thread_name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-main"))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(worker_threads.max(1))
+                    .thread_name(name)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(run(addr_tx, stop_rx))
+            })
+            .with_context(|| format!("cannot spawn the {thread_name} thread"))?;
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .with_context(|| format!("{thread_name} did not start within 60 s"))?
+            .map_err(|e| anyhow!("{thread_name} failed to start: {e}"))?;
+        Ok(Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the server to stop and waits for its thread.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(served)) => served,
+            Some(Err(_)) => Err(anyhow!("a server thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -4,7 +4,12 @@
 //! the same share of the machine as in production on a small box), drives it from a separate
 //! runtime with plain keep-alive HTTP clients, compares the figures with the project's targets,
 //! prints a table and writes the figures as JSON.
+//!
+//! `router` puts the inference router (preferably the real `ballast router` process) in front of
+//! a fast local backend and measures its added latency at a fixed rate, its maximum throughput
+//! against calling the backend directly and against HAProxy, and its memory with many routes.
 
+mod backend;
 mod cpu;
 mod harness;
 mod load;
@@ -12,6 +17,7 @@ mod machine;
 mod rawhttp;
 mod registry;
 mod report;
+mod router;
 mod rss;
 mod throughput;
 
@@ -33,6 +39,69 @@ pub struct Cli {
 pub enum Command {
     /// Alias resolution, version creation and artifact throughput of the registry server.
     Registry(RegistryArgs),
+    /// Overhead, throughput (against HAProxy) and memory of the inference router.
+    Router(RouterArgs),
+}
+
+/// Settings of the `router` benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct RouterArgs {
+    /// Seconds each load phase is measured for [default: 10, or 2 with --quick].
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// Request rate of the fixed-rate (open-loop) latency phases, per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Routes in the generated routes file (each with one target: the backend).
+    #[arg(long, default_value_t = 1000)]
+    pub routes: usize,
+    /// Keep-alive connections of the fixed-rate phases.
+    #[arg(long, default_value_t = 32)]
+    pub rate_connections: usize,
+    /// Keep-alive connections (and in-flight requests) of the max-throughput phases.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Where to write the figures as JSON (parent directories are created).
+    #[arg(long, default_value = "bench-results/router.json")]
+    pub json_out: PathBuf,
+    /// Short phases: a smoke run for CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// The `ballast` binary run as the router process [default: `ballast` next to this binary,
+    /// i.e. target/release/ballast after `cargo build --release -p ballast-cli`].
+    #[arg(long)]
+    pub ballast_bin: Option<PathBuf>,
+    /// Run the router in-process (on its own runtime) even when the `ballast` binary exists;
+    /// its RSS then includes the backend and the load generator.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Worker threads of the in-process router's runtime.
+    #[arg(long, default_value_t = 2)]
+    pub router_threads: usize,
+    /// Worker threads of the backend's runtime.
+    #[arg(long, default_value_t = 2)]
+    pub backend_threads: usize,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    /// Skip HAProxy (no install attempt either).
+    #[arg(long)]
+    pub no_haproxy: bool,
+    /// Directory for the routes file and state [default: the system temp dir].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Exit with an error when a target is missed (correctness failures always do).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl RouterArgs {
+    /// Length of each measured load phase.
+    #[must_use]
+    pub fn duration(&self) -> std::time::Duration {
+        let secs = self.duration_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 });
+        std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0))
+    }
 }
 
 /// Settings of the `registry` benchmark.
@@ -108,5 +177,6 @@ impl RegistryArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Registry(args) => registry::run(&args),
+        Command::Router(args) => router::run(&args),
     }
 }

@@ -279,6 +279,210 @@ where
     ))
 }
 
+/// What an open-loop (fixed-rate) phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FixedRateSummary {
+    /// Requests per second asked for.
+    pub target_rate_per_sec: f64,
+    /// Latency here (`load.latency`) runs from each request's *scheduled* time to the end of
+    /// its answer, so a stall also counts for the requests that queued behind it.
+    #[serde(flatten)]
+    pub load: LoadSummary,
+    /// Latency from the moment the request was written to the end of its answer.
+    pub service_latency: Latency,
+    /// How late the pacer thread dispatched requests relative to their schedule.
+    pub dispatch_lag: Latency,
+    /// Requests dropped unsent because the phase ran out of time.
+    pub dropped: u64,
+    /// Requests the pacer scheduled, warm-up included.
+    pub scheduled: u64,
+}
+
+/// One scheduled request: its sequence number and when it was due.
+type Slot = (u64, Instant);
+
+/// Runs `op` open-loop at `rate` requests per second *for each* of `operations` (interleaved
+/// request by request, so every target of the run meets the same conditions on a shared
+/// machine) for `warmup` (not counted) then `duration`. A pacer thread schedules request `k` at
+/// `start + k / (rate × operations)`; it belongs to operation `k mod operations` and goes to
+/// worker `k mod (connections × operations)`, which sends it on its own keep-alive connection
+/// when that is free. `op(operation, connection, seq)` sends one request, `connection` being
+/// `0..connections` within the operation. Latency is measured from the scheduled time (no
+/// coordinated omission). The pacer sleeps with `std::thread::sleep` (tens of microseconds late,
+/// which every operation pays alike) rather than on tokio's millisecond timer.
+pub async fn run_fixed_rate<F, Fut>(
+    operations: &[String],
+    rate: f64,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Vec<FixedRateSummary>>
+where
+    F: Fn(usize, usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), OpError>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let classes = operations.len().max(1);
+    let per_class = connections.max(1);
+    let connections = per_class * classes;
+    #[allow(clippy::cast_precision_loss)]
+    let interval = Duration::from_secs_f64(1.0 / (rate.clamp(1.0, 1e7) * classes as f64));
+    let cpu_before = crate::cpu::Snapshot::take();
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
+    // Nothing is sent after this: a stalled target cannot stretch the phase indefinitely.
+    let give_up = deadline + REQUEST_TIMEOUT;
+    let mut senders = Vec::with_capacity(connections);
+    let mut workers = Vec::with_capacity(connections);
+    for w in 0..connections {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Slot>();
+        senders.push(tx);
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut r = FixedWorker::default();
+            while let Some((seq, due)) = rx.recv().await {
+                let sent = Instant::now();
+                if sent >= give_up {
+                    r.dropped += 1;
+                    continue;
+                }
+                let measured = due >= measure_from;
+                if measured {
+                    r.lag.push(nanos(sent.saturating_duration_since(due)));
+                }
+                let outcome = tokio::time::timeout(REQUEST_TIMEOUT, op(w % classes, w / classes, seq)).await;
+                r.issued += 1;
+                if !measured {
+                    continue;
+                }
+                let done = Instant::now();
+                match outcome {
+                    Ok(Ok(())) => {
+                        r.latencies.push(nanos(done - due));
+                        r.service.push(nanos(done - sent));
+                    }
+                    Ok(Err(e)) => {
+                        match e {
+                            OpError::Status(..) => r.errors_status += 1,
+                            OpError::Transport(_) => r.errors_transport += 1,
+                        }
+                        r.first_error.get_or_insert_with(|| e.describe());
+                    }
+                    Err(_) => {
+                        r.timeouts += 1;
+                        r.first_error
+                            .get_or_insert_with(|| format!("timed out after {REQUEST_TIMEOUT:?}"));
+                    }
+                }
+            }
+            r.finished = Some(Instant::now());
+            r
+        }));
+    }
+    let pacer = std::thread::Builder::new().name("pacer".into()).spawn(move || {
+        let mut k = 0u64;
+        loop {
+            let due = start + interval.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX));
+            if due >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let w = (k % connections as u64) as usize;
+            if senders[w].send((k, due)).is_err() {
+                break;
+            }
+            k += 1;
+        }
+        k
+    })?;
+    let scheduled = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    let mut per: Vec<FixedWorker> = (0..classes).map(|_| FixedWorker::default()).collect();
+    for (w, handle) in workers.into_iter().enumerate() {
+        let r = handle
+            .await
+            .map_err(|e| anyhow::anyhow!("a load worker failed: {e}"))?;
+        let all = &mut per[w % classes];
+        if all.first_error.is_none() {
+            all.first_error = r.first_error;
+        }
+        all.latencies.extend(r.latencies);
+        all.service.extend(r.service);
+        all.lag.extend(r.lag);
+        all.errors_status += r.errors_status;
+        all.errors_transport += r.errors_transport;
+        all.timeouts += r.timeouts;
+        all.dropped += r.dropped;
+        all.issued += r.issued;
+        all.finished = all.finished.max(r.finished);
+    }
+    let cpu_secs = crate::cpu::Snapshot::take().since(&cpu_before);
+    let issued_total: u64 = per.iter().map(|w| w.issued).sum();
+    let cpu_us_per_request = crate::cpu::per_request(&cpu_secs, issued_total);
+    let mut out = Vec::with_capacity(classes);
+    for (class, all) in per.into_iter().enumerate() {
+        let wall = all
+            .finished
+            .unwrap_or(deadline)
+            .max(deadline)
+            .saturating_duration_since(measure_from)
+            .as_secs_f64()
+            .max(1e-9);
+        let ok = all.latencies.len() as u64;
+        #[allow(clippy::cast_precision_loss)]
+        let rate_per_sec = ok as f64 / wall;
+        out.push(FixedRateSummary {
+            target_rate_per_sec: rate,
+            service_latency: Latency::from_nanos(all.service),
+            dispatch_lag: Latency::from_nanos(all.lag),
+            dropped: all.dropped,
+            scheduled: scheduled / classes as u64,
+            load: LoadSummary {
+                operation: operations.get(class).cloned().unwrap_or_default(),
+                concurrency: per_class,
+                wall_secs: wall,
+                ok,
+                rate_per_sec,
+                errors_status: all.errors_status,
+                errors_transport: all.errors_transport,
+                timeouts: all.timeouts,
+                first_error: all.first_error,
+                latency: Latency::from_nanos(all.latencies),
+                requests_incl_warmup: all.issued,
+                // Shared by every operation of the phase (they ran interleaved).
+                cpu_secs: cpu_secs.clone(),
+                cpu_us_per_request: cpu_us_per_request.clone(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct FixedWorker {
+    latencies: Vec<u64>,
+    service: Vec<u64>,
+    lag: Vec<u64>,
+    errors_status: u64,
+    errors_transport: u64,
+    timeouts: u64,
+    dropped: u64,
+    issued: u64,
+    first_error: Option<String>,
+    finished: Option<Instant>,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +494,32 @@ mod tests {
         assert!((l.p99_ms - 99.0).abs() < 1e-9);
         assert!((l.max_ms - 100.0).abs() < 1e-9);
         assert!((l.mean_ms - 50.5).abs() < 1e-9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fixed_rate_phase_keeps_its_rate() -> anyhow::Result<()> {
+        let all = run_fixed_rate(
+            &["a".to_owned(), "b".to_owned()],
+            1000.0,
+            4,
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            |class, conn, _| async move {
+                if class < 2 && conn < 4 {
+                    Ok(())
+                } else {
+                    Err(OpError::Transport("bad index".into()))
+                }
+            },
+        )
+        .await?;
+        assert_eq!(all.len(), 2);
+        for s in all {
+            assert!((250..=350).contains(&s.load.ok), "{s:?}");
+            assert_eq!(s.load.errors(), 0);
+            assert!(s.load.latency.p50_ms < 5.0, "{s:?}");
+        }
+        Ok(())
     }
 
     #[tokio::test]

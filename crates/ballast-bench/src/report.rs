@@ -48,6 +48,18 @@ impl Check {
         }
     }
 
+    /// A figure reported for context, with no target (always passes).
+    pub fn info(figure: impl Into<String>, measured: f64, unit: &'static str) -> Self {
+        Self {
+            figure: figure.into(),
+            measured,
+            unit,
+            op: "info",
+            target: 0.0,
+            pass: true,
+        }
+    }
+
     /// A yes/no property that must hold.
     pub fn holds(figure: impl Into<String>, ok: bool) -> Self {
         Self {
@@ -64,6 +76,7 @@ impl Check {
         match self.unit {
             "bool" => (if v >= 1.0 { "yes" } else { "no" }).to_owned(),
             "%" => format!("{v:.1} %"),
+            "ms" if v < 100.0 => format!("{v:.3} ms"),
             unit if v >= 100.0 => format!("{} {unit}", thousands(v)),
             unit => format!("{v:.2} {unit}"),
         }
@@ -89,7 +102,9 @@ pub fn table(checks: &[Check]) -> String {
     let rows: Vec<[String; 4]> = checks
         .iter()
         .map(|c| {
-            let target = if c.unit == "bool" {
+            let target = if c.op == "info" {
+                "—".to_owned()
+            } else if c.unit == "bool" {
                 "yes".to_owned()
             } else {
                 format!("{} {}", if c.op == ">=" { "≥" } else { "<" }, c.show(c.target))
@@ -98,7 +113,14 @@ pub fn table(checks: &[Check]) -> String {
                 c.figure.clone(),
                 c.show(c.measured),
                 target,
-                (if c.pass { "pass" } else { "FAIL" }).to_owned(),
+                (if c.op == "info" {
+                    "info"
+                } else if c.pass {
+                    "pass"
+                } else {
+                    "FAIL"
+                })
+                .to_owned(),
             ]
         })
         .collect();

@@ -8,10 +8,16 @@ use std::time::Duration;
 
 /// Current `VmRSS` of this process in bytes, if `/proc` tells.
 pub fn current_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    status_bytes("self", "VmRSS:")
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`, …) of `/proc/<who>/status` in bytes; `who` is `self` or
+/// a process id.
+pub fn status_bytes(who: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line
-        .trim_start_matches("VmRSS:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
