@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_api::events::DeliveryAttempt;
-use ballast_store::{AttemptOutcome, Claim, ClaimedDelivery, Store};
+use ballast_store::{unix_ms, AttemptOutcome, Claim, ClaimedDelivery, Store};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::{watch, Notify};
@@ -51,16 +51,6 @@ struct Settings {
     max_backoff: Duration,
     give_up_after: Duration,
     per_webhook: usize,
-}
-
-fn unix_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 /// Runs the dispatcher until `stop` turns true.

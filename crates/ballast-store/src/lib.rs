@@ -14,8 +14,8 @@ pub use error::{StoreError, StoreResult};
 pub use mlflow::MlflowStore;
 pub use sqlite::SqliteStore;
 pub use types::{
-    AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter, ModelFilter,
-    Precondition, ResolvedRoute, RoutingState, StoreStats, VersionFilter, VersionOrder,
+    unix_ms, AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter,
+    ModelFilter, Precondition, ResolvedRoute, RoutingState, StoreStats, VersionFilter, VersionOrder,
 };
 
 use async_trait::async_trait;

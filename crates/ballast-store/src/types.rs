@@ -199,3 +199,15 @@ pub struct RoutingState {
     /// Every route, by name.
     pub routes: Vec<ResolvedRoute>,
 }
+
+/// Unix time in milliseconds: the time base of delivery schedules and leases ([`Claim`]).
+#[must_use]
+pub fn unix_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    )
+    .unwrap_or(i64::MAX)
+}

@@ -19,7 +19,7 @@ pub use extract::{parse_model, Mutation, RequestCtx};
 
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -96,7 +96,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(
                 ErrorCode::Internal,
@@ -125,7 +125,7 @@ async fn method_not_allowed() -> Response {
 }
 
 /// Assigns the request id, times the request and records its metrics.
-async fn observe(State(_state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = req
         .headers()

@@ -15,7 +15,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
 
 use super::query::{format_time, now, to_i64, to_u64};
-use crate::{AttemptOutcome, Claim, ClaimedDelivery, Ctx, StoreError, StoreResult};
+use crate::{unix_ms, AttemptOutcome, Claim, ClaimedDelivery, Ctx, StoreError, StoreResult};
 
 /// A webhook URL without its query and fragment (which often carry tokens), for the audit
 /// trail and the change feed.
@@ -29,17 +29,6 @@ fn redact(url: &str) -> String {
         }
         _ => base.to_owned(),
     }
-}
-
-/// Unix milliseconds now.
-pub(super) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 fn ms_to_time(ms: i64) -> String {
@@ -130,7 +119,7 @@ pub(super) fn append(
             r.get::<_, Option<String>>(3)?,
         ))
     })?;
-    let ms = now_ms();
+    let ms = unix_ms();
     for row in rows {
         let (hook, events, ns, m) = row?;
         let events: Vec<String> = serde_json::from_str(&events)?;
@@ -399,7 +388,7 @@ pub(super) fn ping_webhook(conn: &Connection, ctx: &Ctx, id: u64) -> StoreResult
     )?
     .execute(params![at, ctx.actor, subject, json!({ "before": null, "after": { "webhook_id": id } }).to_string(), ctx.request_id])?;
     let event = conn.last_insert_rowid();
-    let delivery = insert_delivery(conn, to_i64(id), event, now_ms())?;
+    let delivery = insert_delivery(conn, to_i64(id), event, unix_ms())?;
     get_delivery(conn, id, to_u64(delivery))
 }
 
@@ -491,7 +480,7 @@ pub(super) fn redeliver(conn: &Connection, ctx: &Ctx, webhook: u64, id: u64) -> 
         "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, lease_owner = NULL, lease_until_ms = 0,
                 created_ms = ?2 WHERE id = ?1",
     )?
-    .execute(params![to_i64(id), now_ms()])?;
+    .execute(params![to_i64(id), unix_ms()])?;
     super::ops::record_audit_only(
         conn,
         ctx,

@@ -218,6 +218,20 @@ pub(super) fn load_alias(conn: &Connection, id: i64, name: &ModelName, alias: &s
     .ok_or_else(|| StoreError::not_found(format!("alias {alias:?} of {name}")))
 }
 
+/// Adds "has tag `key` (with `value`, when given)" on the JSON tags column `column`.
+fn push_tag_filter(sql: &mut String, args: &mut Vec<SqlValue>, column: &str, key: &str, value: Option<&str>) {
+    args.push(key.to_owned().into());
+    let ki = args.len();
+    let value_clause = match value {
+        Some(v) => {
+            args.push(v.to_owned().into());
+            format!(" AND value = ?{}", args.len())
+        }
+        None => String::new(),
+    };
+    *sql += &format!(" AND EXISTS (SELECT 1 FROM json_each({column}) WHERE key = ?{ki}{value_clause})");
+}
+
 pub(super) fn list_models(conn: &Connection, f: &ModelFilter) -> StoreResult<ModelList> {
     let mut sql = String::from("SELECT id, namespace, name FROM models WHERE 1 = 1");
     let mut args: Vec<SqlValue> = Vec::new();
@@ -231,18 +245,7 @@ pub(super) fn list_models(conn: &Connection, f: &ModelFilter) -> StoreResult<Mod
         sql += &format!(" AND substr(namespace || '/' || name, 1, length(?{i})) = ?{i}");
     }
     if let Some((k, v)) = &f.tag {
-        args.push(k.clone().into());
-        let ki = args.len();
-        match v {
-            Some(v) => {
-                args.push(v.clone().into());
-                sql += &format!(
-                    " AND EXISTS (SELECT 1 FROM json_each(models.tags) WHERE key = ?{ki} AND value = ?{})",
-                    args.len()
-                );
-            }
-            None => sql += &format!(" AND EXISTS (SELECT 1 FROM json_each(models.tags) WHERE key = ?{ki})"),
-        }
+        push_tag_filter(&mut sql, &mut args, "models.tags", k, v.as_deref());
     }
     if let Some(c) = &f.cursor {
         let c = decode_cursor(c)?;
@@ -318,18 +321,7 @@ pub(super) fn list_versions(
         };
     }
     for (k, v) in &f.tags {
-        args.push(k.clone().into());
-        let ki = args.len();
-        match v {
-            Some(v) => {
-                args.push(v.clone().into());
-                sql += &format!(
-                    " AND EXISTS (SELECT 1 FROM json_each(v.tags) WHERE key = ?{ki} AND value = ?{})",
-                    args.len()
-                );
-            }
-            None => sql += &format!(" AND EXISTS (SELECT 1 FROM json_each(v.tags) WHERE key = ?{ki})"),
-        }
+        push_tag_filter(&mut sql, &mut args, "v.tags", k, v.as_deref());
     }
     for m in &f.metrics {
         args.push(m.name.clone().into());

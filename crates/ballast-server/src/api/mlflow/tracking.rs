@@ -68,15 +68,7 @@ pub(super) fn routes(r: axum::Router<AppState>, prefix: &str) -> axum::Router<Ap
         )
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(0)
-}
+use ballast_store::unix_ms as now_ms;
 
 fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
