@@ -66,7 +66,12 @@ fn configure(conn: &Connection, cache_kib: u32) -> StoreResult<()> {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2_auth.sql"),
+    include_str!("schema_v3_governance.sql"),
+    include_str!("schema_v4_retention.sql"),
+];
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -1,0 +1,1 @@
+-- Policies, transition requests and approvals.
