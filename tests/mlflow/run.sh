@@ -3,8 +3,12 @@
 # builds the binary, starts `ballast server` on a free loopback port over a temporary data
 # directory, runs pytest with the real `mlflow` client, and stops the server by its PID.
 #
-# Usage: tests/mlflow/run.sh [PYTHON]   (PYTHON: a python with mlflow-skinny, pandas, cloudpickle
-# and pytest installed; default .venv-mlflow/bin/python)
+# When the server writes an admin token (`<data-dir>/admin.token`, token authentication), it is
+# exported as MLFLOW_TRACKING_TOKEN, which the MLflow client sends as `Authorization: Bearer`.
+#
+# Usage: tests/mlflow/run.sh [PYTHON [PYTEST ARGS...]]   (PYTHON: a python with mlflow-skinny,
+# pandas, cloudpickle and pytest installed; default .venv-mlflow/bin/python)
+# MLFLOW_SUITE_BIN=path/to/ballast uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,8 +21,12 @@ if ! "$PY" -c 'import mlflow, pandas, cloudpickle, pytest' 2>/dev/null; then
     exit 1
 fi
 
-cargo build --quiet -p ballast-cli
-BIN="${CARGO_TARGET_DIR:-target}/debug/ballast"
+if [ -n "${MLFLOW_SUITE_BIN:-}" ]; then
+    BIN="$MLFLOW_SUITE_BIN"
+else
+    cargo build --quiet -p ballast-cli
+    BIN="${CARGO_TARGET_DIR:-target}/debug/ballast"
+fi
 
 DATA="$(mktemp -d)"
 PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
@@ -32,8 +40,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
+ready=
+for _ in $(seq 1 300); do
     if "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/readyz')" 2>/dev/null; then
+        ready=1
         break
     fi
     if ! kill -0 "$PID" 2>/dev/null; then
@@ -43,6 +53,18 @@ for _ in $(seq 1 100); do
     fi
     sleep 0.1
 done
+if [ -z "$ready" ]; then
+    echo "run.sh: the server did not become ready within 30 s:" >&2
+    cat "$LOG" >&2
+    exit 1
+fi
+
+# With token authentication the server writes the admin token once it has started.
+unset MLFLOW_TRACKING_TOKEN
+if [ -s "$DATA/data/admin.token" ]; then
+    MLFLOW_TRACKING_TOKEN="$(tr -d '[:space:]' <"$DATA/data/admin.token")"
+    export MLFLOW_TRACKING_TOKEN
+fi
 
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT"
 export BALLAST_NATIVE_URL="http://127.0.0.1:$PORT"

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::routing::{FailoverPolicy, HealthPolicy, RetryPolicy, Timeouts};
+use crate::routing::{FailoverPolicy, HealthPolicy, RetryPolicy, RouteRegions, Timeouts};
 
 /// Largest deployment weight.
 pub const MAX_DEPLOYMENT_WEIGHT: u32 = 10_000;
@@ -111,6 +111,10 @@ pub struct SetRoute {
     /// Region failover settings.
     #[serde(default)]
     pub failover: FailoverPolicy,
+    /// Region order of the route's targets (absent: each router's own region first, then the
+    /// others in the order their deployments appear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RouteRegions>,
 }
 
 /// A registry route: a logical model clients call through `ballast router`.

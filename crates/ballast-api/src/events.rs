@@ -35,7 +35,7 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
     ),
     (
         "version.deleted",
-        "a version that was not in staging or production was deleted (MLflow API)",
+        "a version was deleted (MLflow API, or garbage collection under a retention policy)",
     ),
     ("alias.set", "an alias was created or moved"),
     ("alias.removed", "an alias was deleted"),
@@ -46,6 +46,48 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
     ("deployment.removed", "a deployment was removed"),
     ("route.set", "a registry route was created or changed"),
     ("route.removed", "a registry route was deleted"),
+    (
+        "token.created",
+        "an API token was created (its secret is never sent)",
+    ),
+    ("token.revoked", "an API token was revoked"),
+    ("role.granted", "a role was granted to a principal in a namespace"),
+    ("role.revoked", "a role was taken from a principal in a namespace"),
+    (
+        "policy.updated",
+        "a namespace's or model's policy was created or replaced",
+    ),
+    ("policy.deleted", "a namespace's or model's policy was removed"),
+    (
+        "transition.requested",
+        "a move into staging or production was requested; its gates were evaluated",
+    ),
+    (
+        "transition.blocked",
+        "a transition request failed its gates; nothing moved",
+    ),
+    ("transition.approved", "a reviewer approved a transition request"),
+    ("transition.rejected", "a reviewer rejected a transition request"),
+    (
+        "transition.completed",
+        "a transition request completed: the version moved",
+    ),
+    (
+        "transition.cancelled",
+        "the requester withdrew a transition request",
+    ),
+    (
+        "transition.superseded",
+        "a pending transition request no longer applies: the version moved by other means",
+    ),
+    (
+        "retention.set",
+        "a retention policy was set on a namespace or model",
+    ),
+    (
+        "retention.delete",
+        "a retention policy was removed from a namespace or model",
+    ),
     ("webhook.created", "a webhook subscription was created"),
     ("webhook.deleted", "a webhook subscription was deleted"),
     (

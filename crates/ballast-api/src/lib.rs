@@ -4,8 +4,11 @@
 //! These are the stable JSON shapes; field names are `snake_case`, times are RFC 3339 strings in
 //! UTC, digests are 64 lowercase hex characters.
 
+pub mod auth;
 pub mod deployments;
 pub mod events;
+pub mod governance;
+pub mod retention;
 pub mod routing;
 
 use std::collections::BTreeMap;

@@ -98,6 +98,47 @@ pub struct Route {
     /// When to leave the local region and when to come back.
     #[serde(default)]
     pub failover: FailoverPolicy,
+    /// This route's own region order, which replaces the snapshot's `regions` for it (absent:
+    /// the snapshot's order, as seen from the router's region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RouteRegions>,
+}
+
+/// The order in which a route's regions are tried, set on the route itself (registry routes
+/// carry it this way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRegions {
+    /// Regions, preferred first. Regions of the route's targets that are not listed come after,
+    /// in the order they first appear.
+    pub order: Vec<String>,
+    /// Where the router's own region goes.
+    #[serde(default)]
+    pub local: LocalRegionPolicy,
+}
+
+/// Where a router puts its own region in a route's region order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalRegionPolicy {
+    /// The router's own region first, then `order` (without it): every router serves locally
+    /// while its region is healthy.
+    #[default]
+    First,
+    /// `order` exactly as listed, wherever the router runs: the first listed region is the home
+    /// region for every router (active/passive), and failover protects it.
+    Listed,
+}
+
+impl LocalRegionPolicy {
+    /// The `snake_case` name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::First => "first",
+            Self::Listed => "listed",
+        }
+    }
 }
 
 fn default_sticky_header() -> String {
@@ -157,6 +198,11 @@ pub struct Timeouts {
     /// Whole request, all attempts together, until the response starts to flow to the client.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// Longest silence from an upstream once its response is flowing; the response is then cut
+    /// and counted as a failure of the target. Absent: the router's own setting
+    /// (`stream_idle_timeout`, 60 s by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_ms: Option<u64>,
 }
 
 fn default_connect_ms() -> u64 {
@@ -175,6 +221,7 @@ impl Default for Timeouts {
             connect_ms: default_connect_ms(),
             first_byte_ms: default_first_byte_ms(),
             deadline_ms: default_deadline_ms(),
+            stream_idle_ms: None,
         }
     }
 }
@@ -256,6 +303,47 @@ pub struct HealthPolicy {
     /// Optional periodic checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<ActiveCheck>,
+    /// The failure-rate ejection rule of this route's targets. Absent: the router's own
+    /// setting (window 10 s, 20 requests, 50 % by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRate>,
+}
+
+/// Failure-rate ejection: a target whose failed share of the attempts over the last `window_ms`
+/// is above `failure_percent` — once the window holds at least `min_requests` attempts — is
+/// ejected (same back-off and half-open return as the consecutive-failures rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRate {
+    /// Length of the sliding window.
+    #[serde(default = "default_failure_rate_window_ms")]
+    pub window_ms: u64,
+    /// Attempts the window must hold before the rule applies.
+    #[serde(default = "default_failure_rate_min_requests")]
+    pub min_requests: u32,
+    /// Eject when the failed share is above this percentage (100 turns the rule off).
+    #[serde(default = "default_failure_percent")]
+    pub failure_percent: u32,
+}
+
+fn default_failure_rate_window_ms() -> u64 {
+    10_000
+}
+fn default_failure_rate_min_requests() -> u32 {
+    20
+}
+fn default_failure_percent() -> u32 {
+    50
+}
+
+impl Default for FailureRate {
+    fn default() -> Self {
+        Self {
+            window_ms: default_failure_rate_window_ms(),
+            min_requests: default_failure_rate_min_requests(),
+            failure_percent: default_failure_percent(),
+        }
+    }
 }
 
 fn default_consecutive_failures() -> u32 {
@@ -287,6 +375,7 @@ impl Default for HealthPolicy {
             panic_threshold_percent: default_panic_threshold_percent(),
             probe_path: default_probe_path(),
             active: None,
+            failure_rate: None,
         }
     }
 }
@@ -791,6 +880,9 @@ fn validate_route(v: &mut Problems, at: &str, route: &Route) {
             v.add(format!("{at}.timeouts.{name}"), "must be above 0");
         }
     }
+    if t.stream_idle_ms == Some(0) {
+        v.add(format!("{at}.timeouts.stream_idle_ms"), "must be above 0");
+    }
     let r = &route.retry;
     if r.max_attempts == 0 || r.max_attempts > 10 {
         v.add(format!("{at}.retry.max_attempts"), "must be 1 to 10");
@@ -844,11 +936,43 @@ fn validate_route(v: &mut Problems, at: &str, route: &Route) {
             );
         }
     }
+    if let Some(f) = &h.failure_rate {
+        if f.window_ms < 100 {
+            v.add(
+                format!("{at}.health.failure_rate.window_ms"),
+                "must be at least 100",
+            );
+        }
+        if f.min_requests == 0 {
+            v.add(
+                format!("{at}.health.failure_rate.min_requests"),
+                "must be at least 1",
+            );
+        }
+        check_percent(
+            v,
+            &format!("{at}.health.failure_rate.failure_percent"),
+            f.failure_percent,
+        );
+    }
     check_percent(
         v,
         &format!("{at}.failover.min_healthy_percent"),
         route.failover.min_healthy_percent,
     );
+    if let Some(r) = &route.regions {
+        let field = format!("{at}.regions.order");
+        if r.order.is_empty() {
+            v.add(&field, "must list at least one region");
+        }
+        let mut seen = BTreeSet::new();
+        for (j, region) in r.order.iter().enumerate() {
+            check_label(v, &format!("{field}[{j}]"), region);
+            if !seen.insert(region.as_str()) {
+                v.add(&field, format!("lists {region:?} twice"));
+            }
+        }
+    }
 }
 
 fn http_header_name_invalid(name: &str) -> bool {
@@ -1009,6 +1133,7 @@ mod tests {
             retry: RetryPolicy::default(),
             health: HealthPolicy::default(),
             failover: FailoverPolicy::default(),
+            regions: None,
         }
     }
 
@@ -1037,6 +1162,73 @@ mod tests {
         // Any change of content changes the digest.
         let other = RoutingSnapshot::new(4, BTreeMap::new(), routes);
         assert_ne!(other.digest, s.digest);
+    }
+
+    #[test]
+    fn per_route_health_idle_and_region_settings_validate_and_leave_old_digests_alone() {
+        let plain = route("bot", vec![target("a", "eu", "acme/bot/1")], &[]);
+        // Unset optional settings are not serialized: snapshots made before they existed keep
+        // their digest.
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("regions").is_none(), "{json}");
+        assert!(json["timeouts"].get("stream_idle_ms").is_none(), "{json}");
+        assert!(json["health"].get("failure_rate").is_none(), "{json}");
+
+        let mut r = plain.clone();
+        r.timeouts.stream_idle_ms = Some(5_000);
+        r.health.failure_rate = Some(FailureRate {
+            window_ms: 2_000,
+            min_requests: 4,
+            failure_percent: 25,
+        });
+        r.regions = Some(RouteRegions {
+            order: vec!["us".into(), "eu".into()],
+            local: LocalRegionPolicy::Listed,
+        });
+        let s = RoutingSnapshot::new(1, BTreeMap::new(), vec![r.clone()]);
+        assert_eq!(problems(&s), Vec::<String>::new());
+        assert_ne!(
+            s.digest,
+            RoutingSnapshot::new(1, BTreeMap::new(), vec![plain]).digest
+        );
+        let back: Route = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // Partial failure-rate objects take the defaults for the rest.
+        let f: FailureRate = serde_json::from_str(r#"{"failure_percent": 30}"#).unwrap();
+        assert_eq!((f.window_ms, f.min_requests, f.failure_percent), (10_000, 20, 30));
+
+        r.timeouts.stream_idle_ms = Some(0);
+        r.health.failure_rate = Some(FailureRate {
+            window_ms: 0,
+            min_requests: 0,
+            failure_percent: 101,
+        });
+        r.regions = Some(RouteRegions {
+            order: vec!["us".into(), "us".into(), "bad region".into()],
+            local: LocalRegionPolicy::First,
+        });
+        let p = problems(&RoutingSnapshot::new(1, BTreeMap::new(), vec![r.clone()]));
+        for want in [
+            "routes[0].timeouts.stream_idle_ms: must be above 0",
+            "routes[0].health.failure_rate.window_ms",
+            "routes[0].health.failure_rate.min_requests",
+            "routes[0].health.failure_rate.failure_percent",
+            "routes[0].regions.order: lists \"us\" twice",
+            "routes[0].regions.order[2]",
+        ] {
+            assert!(p.iter().any(|m| m.starts_with(want)), "{want} not in {p:?}");
+        }
+        r.regions = Some(RouteRegions {
+            order: Vec::new(),
+            local: LocalRegionPolicy::First,
+        });
+        r.timeouts.stream_idle_ms = None;
+        r.health.failure_rate = None;
+        let p = problems(&RoutingSnapshot::new(1, BTreeMap::new(), vec![r]));
+        assert_eq!(
+            p,
+            vec!["routes[0].regions.order: must list at least one region".to_owned()]
+        );
     }
 
     #[test]

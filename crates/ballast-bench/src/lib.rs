@@ -14,6 +14,7 @@ mod cpu;
 mod harness;
 mod load;
 mod machine;
+mod mlflow;
 mod rawhttp;
 mod registry;
 mod report;
@@ -138,6 +139,10 @@ pub struct RegistryArgs {
     /// Exit with an error when a target is missed (correctness failures always do).
     #[arg(long)]
     pub strict: bool,
+    /// Models in the registry while the MLflow and native model searches run
+    /// [default: 1000, or 200 with --quick].
+    #[arg(long)]
+    pub fleet_models: Option<usize>,
 }
 
 /// Which HTTP client drives the request-rate phases.

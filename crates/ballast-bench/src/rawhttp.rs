@@ -26,6 +26,11 @@ impl RawRequest {
         )))
     }
 
+    /// A request already encoded as HTTP/1.1 bytes (with `content-length` when it has a body).
+    pub fn encoded(bytes: bytes::Bytes) -> Self {
+        Self(bytes)
+    }
+
     /// `POST path` with a JSON body.
     pub fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Self {
         let mut v = format!(

@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::harness::InProcessServer;
 use crate::load::{self, send_checked, LoadSummary, OpError};
 use crate::machine::Machine;
-use crate::rawhttp::{self, RawRequest};
+use crate::mlflow::{self, MlflowReport};
+use crate::rawhttp;
 use crate::report::{self, Check};
 use crate::throughput::{self, Throughput};
 use crate::{HttpClient, RegistryArgs};
@@ -41,6 +42,8 @@ struct RunConfig {
     client_threads: usize,
     http_client: HttpClient,
     request_timeout_secs: f64,
+    /// Whether requests carried the admin token (the server had authentication on).
+    authenticated: bool,
 }
 
 /// How version numbering held up under concurrent creates.
@@ -79,6 +82,8 @@ struct Report {
     alias_resolve: LoadSummary,
     version_create: VersionCreates,
     throughput: Throughput,
+    /// The same operations through the MLflow REST routes, next to their native figures.
+    mlflow: MlflowReport,
     targets: Vec<Check>,
     all_targets_met: bool,
     loadavg_at_end: Option<String>,
@@ -106,6 +111,8 @@ struct Api {
     http: reqwest::Client,
     base: String,
     addr: std::net::SocketAddr,
+    /// The admin token, sent as `Authorization: Bearer` (the reqwest client sends it itself).
+    token: Option<String>,
 }
 
 impl Api {
@@ -201,7 +208,7 @@ async fn hammer_get(
         }
         HttpClient::Raw => {
             let pool = Arc::new(rawhttp::Pool::new(api.addr, args.concurrency));
-            let req = Arc::new(RawRequest::get(api.addr, path));
+            let req = Arc::new(mlflow::request(api.addr, "GET", path, api.token.as_deref(), None));
             load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
                 let (pool, req) = (pool.clone(), req.clone());
                 async move { pool.send(w, &req).await.map(drop) }
@@ -262,7 +269,13 @@ async fn version_creates(
         }
         HttpClient::Raw => {
             let pool = Arc::new(rawhttp::Pool::new(api.addr, args.concurrency));
-            let req = Arc::new(RawRequest::post_json(api.addr, &path, &body));
+            let req = Arc::new(mlflow::request(
+                api.addr,
+                "POST",
+                &path,
+                api.token.as_deref(),
+                Some(&body),
+            ));
             load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
                 let (pool, req, counter) = (pool.clone(), req.clone(), counter.clone());
                 async move {
@@ -322,7 +335,7 @@ async fn phases(
 ) -> anyhow::Result<Report> {
     let warmup = Duration::from_secs_f64(config.warmup_secs);
     let mut rss = vec![RssMark::now("server started")];
-    eprintln!("[1/4] alias resolution: setting up bench/alias …");
+    eprintln!("[1/5] alias resolution: setting up bench/alias …");
     set_up_alias(api, "bench/alias").await?;
     eprintln!(
         "      GET …/aliases/champion for {:?} × {} connections",
@@ -335,7 +348,7 @@ async fn phases(
         alias_get.rate_per_sec, alias_get.latency.p99_ms
     );
     rss.push(RssMark::now("GET …/aliases/champion phase"));
-    eprintln!("[2/4] GET …/aliases/champion/version");
+    eprintln!("[2/5] GET …/aliases/champion/version");
     let alias_resolve = hammer_get(
         api,
         "/v1/models/bench/alias/aliases/champion/version",
@@ -348,7 +361,7 @@ async fn phases(
         alias_resolve.rate_per_sec, alias_resolve.latency.p99_ms
     );
     rss.push(RssMark::now("GET …/aliases/champion/version phase"));
-    eprintln!("[3/4] version creates: POST …/versions for {:?}", args.duration());
+    eprintln!("[3/5] version creates: POST …/versions for {:?}", args.duration());
     let version_create = version_creates(api, "bench/creates", args, warmup).await?;
     rss.push(RssMark::now("version creates and listing them"));
     eprintln!(
@@ -358,7 +371,7 @@ async fn phases(
         version_create.numbering.gap_free
     );
     eprintln!(
-        "[4/4] throughput: {} MiB artifact (generate, cp + sha256sum, upload, download)",
+        "[4/5] throughput: {} MiB artifact (generate, cp + sha256sum, upload, download)",
         config.upload_bytes >> 20
     );
     api.create_model("bench/blob").await?;
@@ -366,10 +379,38 @@ async fn phases(
     let files_url = api.url(&format!("/v1/models/bench/blob/versions/{}/files", v.version));
     let throughput = throughput::run(&api.http, &files_url, &dir, config.upload_bytes).await?;
     rss.push(RssMark::now("upload and download"));
+    eprintln!(
+        "[5/5] MLflow REST routes against native ones: {:?} each × {} connections",
+        args.duration(),
+        args.concurrency
+    );
+    let target = mlflow::Target {
+        http: &api.http,
+        base: &api.base,
+        addr: api.addr,
+        token: api.token.as_deref(),
+    };
+    let settings = mlflow::Settings {
+        concurrency: config.concurrency,
+        warmup_secs: config.warmup_secs,
+        duration_secs: config.duration_secs,
+        fleet_models: args.fleet_models.unwrap_or(if args.quick { 200 } else { 1000 }),
+    };
+    let mlflow = mlflow::run(&target, settings).await?;
+    for p in &mlflow.pairs {
+        eprintln!(
+            "      {}: native {:.0}/s, MLflow {:.0}/s ({:.0} %)",
+            p.operation,
+            p.native.rate_per_sec,
+            p.mlflow.rate_per_sec,
+            p.mlflow_to_native_rate * 100.0
+        );
+    }
+    rss.push(RssMark::now("MLflow phases"));
 
     #[allow(clippy::cast_precision_loss)]
     let peak_mb = throughput.upload.rss.peak_bytes as f64 / 1e6;
-    let targets = vec![
+    let mut targets = vec![
         Check::at_least(
             "alias resolution GET …/aliases/champion",
             alias_get.rate_per_sec,
@@ -405,7 +446,9 @@ async fn phases(
             "MB",
         ),
         Check::holds("download digest verified", throughput.download.digest_ok),
+        Check::holds("MLflow and native phases error-free", mlflow.error_free()),
     ];
+    targets.extend(mlflow.checks());
     let all_targets_met = targets.iter().all(|c| c.pass);
     let sha_note = format!(
         "sha256sum ran at {:.0} MB/s here; the server hashes with the sha2 crate (SHA extensions \
@@ -422,6 +465,7 @@ async fn phases(
         alias_resolve,
         version_create,
         throughput,
+        mlflow,
         targets,
         all_targets_met,
         loadavg_at_end: crate::machine::loadavg(),
@@ -529,6 +573,8 @@ fn details(r: &Report) -> String {
         t.download.digest_ok
     ));
     out.push_str(&cpu_line(&t.download.cpu_secs));
+    out.push_str("  MLflow REST routes next to the native ones (same client, concurrency and duration):\n");
+    out.push_str(&r.mlflow.details());
     out.push_str("  (RSS includes the load generator's own memory: the server runs in-process)\n");
     let marks: Vec<String> = r
         .rss_after_phase
@@ -558,6 +604,7 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
         client_threads: args.client_threads,
         http_client: args.http_client,
         request_timeout_secs: load::REQUEST_TIMEOUT.as_secs_f64(),
+        authenticated: false,
     };
     let parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -565,9 +612,19 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
         .prefix("ballast-bench-")
         .tempdir_in(&parent)?;
     let server = InProcessServer::start(scratch.path(), args.server_threads)?;
+    // With token authentication the server wrote an admin token into its data directory.
+    let token = mlflow::admin_token(scratch.path())?;
+    let mut config = config;
+    config.authenticated = token.is_some();
     eprintln!(
-        "server listening on {} ({} worker threads)",
-        server.addr, args.server_threads
+        "server listening on {} ({} worker threads, {})",
+        server.addr,
+        args.server_threads,
+        if token.is_some() {
+            "requests carry the admin token"
+        } else {
+            "no authentication"
+        }
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -576,7 +633,15 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let outcome = rt.block_on(async {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the admin token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
@@ -587,6 +652,7 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
             http,
             base: server.base_url(),
             addr: server.addr,
+            token: token.clone(),
         };
         phases(&api, args, scratch.path().to_path_buf(), config, machine).await
     });

@@ -306,10 +306,12 @@ fn find_haproxy(notes: &mut Vec<String>) -> Option<PathBuf> {
     found
 }
 
-/// HAProxy in http mode with keep-alive on both sides and one backend server.
+/// HAProxy in http mode with keep-alive on both sides and one backend server, with one thread
+/// per CPU (as many as the router's request workers).
 fn haproxy_config(port: u16, backend: SocketAddr) -> String {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     format!(
-        "global\n    maxconn 4096\n\n\
+        "global\n    maxconn 4096\n    nbthread {threads}\n\n\
          defaults\n    mode http\n    option http-keep-alive\n    timeout connect 5s\n    \
          timeout client 30s\n    timeout server 30s\n    timeout http-keep-alive 30s\n\n\
          frontend bench\n    bind 127.0.0.1:{port}\n    default_backend model\n\n\
@@ -971,6 +973,8 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
             .to_owned(),
         "the backend is an in-process raw HTTP/1.1 server answering a fixed chat-completion body".to_owned(),
         "every request names one of the routes in turn (all route to the backend)".to_owned(),
+        "router and HAProxy both keep connections alive on both sides and run one request thread per CPU"
+            .to_owned(),
         "RSS figure: the larger of VmRSS after the load and VmHWM (peak) of the router; MB = 10^6 bytes".to_owned(),
     ]);
     let report = Report {

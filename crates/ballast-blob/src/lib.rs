@@ -8,11 +8,17 @@
 //! every 4 MiB chunk it touches against a per-blob chunk index built from verified bytes. Bytes
 //! that fail verification are moved to `quarantine/` and reported as corrupt, never served.
 
+pub mod chunk_index;
 mod local;
+mod location;
+mod s3;
 
 pub use local::LocalBlobStore;
+pub use location::{open_store, BlobLocation, BlobUrlError};
+pub use s3::{S3BlobStore, S3Options, DEFAULT_PART_SIZE, MIN_PART_SIZE};
 
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use ballast_core::{ErrorCode, Sha256Digest};
@@ -32,6 +38,18 @@ pub struct StoredBlob {
     pub digest: Sha256Digest,
     /// Its size in bytes.
     pub size: u64,
+}
+
+/// A stored blob as listed for garbage collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// Its digest.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written or [touched](BlobStore::touch). Garbage collection keeps a blob
+    /// touched at or after its cutoff, however unreferenced it looks.
+    pub touched: SystemTime,
 }
 
 /// What a client announced about an upload.
@@ -139,4 +157,28 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<(u64, ByteStream<BlobError>), BlobError>;
     /// Reads the whole blob and checks it against its digest (quarantining it when corrupt).
     async fn verify(&self, digest: Sha256Digest) -> Result<Verified, BlobError>;
+
+    // Garbage collection. A blob is removed only when no record references it and it has not
+    // been touched since a cutoff; `put` and `touch` make a blob "touched now", and
+    // `delete_if_untouched` decides atomically with respect to both on the same digest, so a
+    // blob that an upload or attach is about to reference is never swept from under it.
+
+    /// Lists stored blobs in ascending digest order, strictly after `after` (from the first
+    /// when `None`), at most `limit` of them. Page through the store by passing the last digest
+    /// of one page as `after` of the next; an empty page is the end. Blobs stored or removed
+    /// while paging may or may not appear. Temporary, quarantined and index files are never
+    /// listed.
+    async fn list(&self, after: Option<Sha256Digest>, limit: usize) -> Result<Vec<BlobEntry>, BlobError>;
+    /// Marks a stored blob as used just now (its [`BlobEntry::touched`] becomes the current
+    /// time), so a garbage collection whose cutoff is earlier keeps it. Returns `false`, changing
+    /// nothing, when the blob is not stored. Callers touch a blob they are about to reference
+    /// without uploading it (an attach of a digest the server already holds).
+    async fn touch(&self, digest: Sha256Digest) -> Result<bool, BlobError>;
+    /// Removes the blob (and anything derived from it, such as a chunk index) unless it was
+    /// touched or written at or after `cutoff`. Returns `true` when it was removed, `false` when
+    /// it was kept because it is recent or was not stored. The check and the removal are atomic
+    /// with respect to `put` and `touch` of the same digest: a `put` or `touch` that completes
+    /// before this call makes it keep the blob, one that starts after it finds the blob gone
+    /// (`touch` returns `false`; `put` stores it again).
+    async fn delete_if_untouched(&self, digest: Sha256Digest, cutoff: SystemTime) -> Result<bool, BlobError>;
 }

@@ -6,9 +6,16 @@
 //! <root>/tmp/                      uploads in progress (emptied on open)
 //! <root>/quarantine/abcdef….<ts>   bytes that failed verification
 //! ```
+//!
+//! A blob's touched time (for garbage collection) is its file's modification time: a `put`
+//! renames a freshly written file into place and a `touch` sets it to now. Renames into place,
+//! touches and garbage-collection removals of one digest are serialized by a per-digest lock
+//! (striped), so a removal never takes bytes that were just stored or touched.
 
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use ballast_core::Sha256Digest;
@@ -17,7 +24,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::{BlobError, BlobStore, BoxError, ByteStream, PutOptions, StoredBlob, Verified};
+use crate::{BlobEntry, BlobError, BlobStore, BoxError, ByteStream, PutOptions, StoredBlob, Verified};
 
 /// Size of the chunks that range reads verify.
 pub const CHUNK: u64 = 4 * 1024 * 1024;
@@ -25,11 +32,14 @@ pub const CHUNK: u64 = 4 * 1024 * 1024;
 const READ_PIECE: usize = 256 * 1024;
 /// Bytes gathered before each write of an upload.
 const WRITE_BUFFER: usize = 1024 * 1024;
+/// Number of locks serializing renames, touches and removals per digest.
+const STRIPES: usize = 64;
 
 /// Blobs in a directory.
 #[derive(Debug, Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 fn fan_out(root: &Path, kind: &str, d: &Sha256Digest) -> PathBuf {
@@ -66,7 +76,14 @@ impl LocalBlobStore {
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let _ = std::fs::remove_file(entry?.path());
         }
-        Ok(Self { root })
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { root, stripes })
+    }
+
+    /// The lock that serializes renames into place, touches and removals of `d`.
+    async fn lock(&self, d: &Sha256Digest) -> tokio::sync::MutexGuard<'_, ()> {
+        let i = usize::from(d.as_bytes()[0]) % self.stripes.len();
+        self.stripes[i].lock().await
     }
 
     /// Where the blob lives (for tests and repair tools).
@@ -226,8 +243,11 @@ impl BlobStore for LocalBlobStore {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         tokio::fs::create_dir_all(&dir).await?;
-        // Renaming over an existing copy is safe (same digest) and repairs a damaged one.
+        // Renaming over an existing copy is safe (same digest) and repairs a damaged one. The
+        // renamed file carries a fresh modification time, so garbage collection keeps it.
+        let lock = self.lock(&digest).await;
         tokio::fs::rename(&tmp, &dest).await?;
+        drop(lock);
         guard.0 = None;
         tokio::task::spawn_blocking(move || sync_dir(&dir))
             .await
@@ -286,6 +306,118 @@ impl BlobStore for LocalBlobStore {
             Err(e) => Err(e),
         }
     }
+
+    async fn list(&self, after: Option<Sha256Digest>, limit: usize) -> Result<Vec<BlobEntry>, BlobError> {
+        let root = self.root.join("sha256");
+        tokio::task::spawn_blocking(move || list_blobs(&root, after, limit))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(BlobError::Io)
+    }
+
+    async fn touch(&self, digest: Sha256Digest) -> Result<bool, BlobError> {
+        let path = self.blob_path(&digest);
+        let _lock = self.lock(&digest).await;
+        let touched = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            file.set_modified(SystemTime::now())?;
+            Ok(true)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(touched)
+    }
+
+    async fn delete_if_untouched(&self, digest: Sha256Digest, cutoff: SystemTime) -> Result<bool, BlobError> {
+        let path = self.blob_path(&digest);
+        let index = fan_out(&self.root, "chunks", &digest);
+        let _lock = self.lock(&digest).await;
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if meta.modified()? >= cutoff {
+                return Ok(false);
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            let _ = std::fs::remove_file(&index);
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(removed)
+    }
+}
+
+/// Lists `<root>/<ab>/<abcdef…>` in digest order after `after`, at most `limit` entries. Names
+/// that are not digests, and files that vanish while listing, are skipped.
+fn list_blobs(root: &Path, after: Option<Sha256Digest>, limit: usize) -> std::io::Result<Vec<BlobEntry>> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let after_hex = after.map(|d| d.to_hex());
+    let start_dir = after_hex.as_deref().map_or("", |h| &h[..2]);
+    let mut dirs: Vec<String> = std::fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            n.len() == 2
+                && n.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+        .filter(|n| n.as_str() >= start_dir)
+        .collect();
+    dirs.sort_unstable();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(root.join(&dir)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<(Sha256Digest, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                if !name.starts_with(&dir) || after_hex.as_deref().is_some_and(|a| name.as_str() <= a) {
+                    return None;
+                }
+                let digest = name.parse::<Sha256Digest>().ok()?;
+                (digest.to_hex() == name).then(|| (digest, e.path()))
+            })
+            .collect();
+        names.sort_unstable_by_key(|a| a.0);
+        for (digest, path) in names {
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(BlobEntry {
+                digest,
+                size: meta.len(),
+                touched: meta.modified()?,
+            });
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Streams a whole blob, hashing as it goes and holding back the last piece until the digest is
@@ -539,6 +671,62 @@ mod tests {
         ));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
         assert_eq!(store.stat(Sha256Digest::of(b"hello")).await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_touch_and_delete_if_untouched() -> Result<(), BlobError> {
+        let dir = tempfile::tempdir()?;
+        let store = LocalBlobStore::open(dir.path())?;
+        let mut digests = Vec::new();
+        for i in 0..5u8 {
+            digests.push(
+                store
+                    .put(body(vec![vec![i; usize::from(i) + 1]]), opts())
+                    .await?
+                    .digest,
+            );
+        }
+        digests.sort();
+        // Strays that are not blobs are never listed.
+        std::fs::write(dir.path().join("sha256").join("README"), b"x")?;
+        std::fs::create_dir_all(dir.path().join("sha256").join("zz"))?;
+        std::fs::write(dir.path().join("sha256").join("zz").join("zz"), b"x")?;
+
+        let all = store.list(None, 100).await?;
+        assert_eq!(all.iter().map(|e| e.digest).collect::<Vec<_>>(), digests);
+        assert!(all.iter().all(|e| e.size >= 1 && e.size <= 5));
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list(after, 2).await?;
+            let Some(last) = page.last() else { break };
+            assert!(page.len() <= 2);
+            after = Some(last.digest);
+            paged.extend(page.iter().map(|e| e.digest));
+        }
+        assert_eq!(paged, digests);
+        assert!(store.list(None, 0).await?.is_empty());
+
+        // A blob written or touched at or after the cutoff is kept; an older one goes.
+        let past = SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert!(!store.delete_if_untouched(digests[0], past).await?);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.blob_path(&digests[0]))?;
+        file.set_modified(past - std::time::Duration::from_secs(60))?;
+        drop(file);
+        let before = store.list(None, 1).await?[0].touched;
+        assert!(before < past);
+        assert!(store.touch(digests[0]).await?);
+        assert!(store.list(None, 1).await?[0].touched >= past);
+        assert!(!store.delete_if_untouched(digests[0], past).await?);
+        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+        assert!(store.delete_if_untouched(digests[0], later).await?);
+        assert_eq!(store.stat(digests[0]).await?, None);
+        assert!(!store.touch(digests[0]).await?);
+        assert!(!store.delete_if_untouched(digests[0], later).await?);
+        assert_eq!(store.list(None, 100).await?.len(), 4);
         Ok(())
     }
 

@@ -129,6 +129,29 @@ pub enum Command {
     /// Name the logical models routers serve (NAME → NS/MODEL:STAGE or NS/MODEL@ALIAS).
     #[command(subcommand)]
     Route(crate::commands::deployment::RouteCommand),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(crate::commands::access::TokenCommand),
+    /// Grant, revoke and list roles per namespace (admin).
+    #[command(subcommand)]
+    Role(crate::commands::access::RoleCommand),
+    /// Show who the token acts as and the roles it holds.
+    Whoami,
+    /// Set, show and remove governance policies (naming rule, required metadata and model-card
+    /// sections, risk level and approvals, metric gates) on namespaces and models.
+    #[command(subcommand)]
+    Policy(crate::commands::governance::PolicyCommand),
+    /// List, show, approve, reject, complete and cancel transition requests (moves into staging
+    /// or production under a policy).
+    #[command(subcommand)]
+    Transition(crate::commands::governance::TransitionCommand),
+    /// Set, show and remove retention policies (which versions garbage collection may remove)
+    /// on namespaces and models.
+    #[command(subcommand)]
+    Retention(crate::commands::retention::RetentionCommand),
+    /// Remove the versions retention policies let go, then blobs nothing references (past the
+    /// grace period). --dry-run lists what would go and changes nothing.
+    Gc(crate::commands::retention::GcArgs),
     /// Subscribe URLs to registry events; inspect and redeliver deliveries.
     #[command(subcommand)]
     Webhook(crate::commands::webhook::WebhookCommand),
@@ -138,7 +161,7 @@ pub enum Command {
 }
 
 /// `ballast server`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ServerArgs {
     /// Address to listen on (e.g. 127.0.0.1:8080; port 0 picks a free port).
     #[arg(long)]
@@ -149,6 +172,29 @@ pub struct ServerArgs {
     /// Configuration file (TOML); must exist when given. Default: ./ballast.toml if present.
     #[arg(long, env = "BALLAST_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Token checks: `on` (default; the first start writes an admin token to
+    /// DATA_DIR/admin.token) or `off` (anyone reaching the port may do anything — local
+    /// experiments only).
+    #[arg(long, value_name = "on|off")]
+    pub auth: Option<ballast_server::auth::AuthMode>,
+    /// Where artifacts live: s3://bucket/prefix or file:///path (default: DATA_DIR/blobs).
+    #[arg(long, value_name = "URL")]
+    pub blob_url: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Send path-style S3 requests (endpoint/bucket/key), as most S3-compatible servers expect.
+    #[arg(long)]
+    pub s3_path_style: bool,
+    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
+    #[arg(long, value_name = "ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (default: AWS_SECRET_ACCESS_KEY, which keeps it out of `ps`).
+    #[arg(long, value_name = "SECRET")]
+    pub s3_secret_access_key: Option<String>,
 }
 
 /// `ballast router`.
@@ -190,6 +236,18 @@ pub struct RouterArgs {
         default_value_t = 60
     )]
     pub stream_idle_timeout_secs: u64,
+    /// API token sent to the registry (--registry) as a Bearer token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BALLAST_ROUTER_REGISTRY_TOKEN",
+        hide_env_values = true
+    )]
+    pub registry_token: Option<String>,
+    /// Request-serving threads, each with its own single-threaded runtime [default: one per
+    /// CPU]; 0 serves on the process's shared runtime.
+    #[arg(long, value_name = "N", env = "BALLAST_ROUTER_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 /// `ballast model …`.
@@ -266,6 +324,16 @@ pub enum ModelCommand {
 /// `ballast version …`.
 #[derive(Debug, Subcommand)]
 pub enum VersionCommand {
+    /// Compare 2 to 10 versions side by side: metadata, parameters, metrics with deltas against
+    /// the first, and which gates each would pass for staging and production.
+    Compare {
+        /// NAMESPACE/MODEL.
+        #[arg(value_parser = parse_model_name)]
+        name: ModelName,
+        /// Version numbers (2 to 10).
+        #[arg(num_args = 2..=10, required = true, value_name = "VERSION")]
+        versions: Vec<u64>,
+    },
     /// Create a draft version (use `ballast push` to create one with files).
     Create {
         /// NAMESPACE/MODEL.
@@ -464,12 +532,19 @@ pub enum AuditCommand {
         /// Only entries about this model (NAMESPACE/MODEL).
         #[arg(long)]
         model: Option<String>,
-        /// Only entries by this actor.
-        #[arg(long)]
-        actor: Option<String>,
+        /// Only entries by this actor (the principal of the token that made them). Named --by
+        /// because --actor is the global option naming who acts.
+        #[arg(long = "by", value_name = "ACTOR")]
+        by: Option<String>,
         /// Only this action (model.create, version.stage, alias.set, …).
         #[arg(long)]
         action: Option<String>,
+        /// Only entries at or after this RFC 3339 time (e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only entries before this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         /// Only entries after this id.
         #[arg(long, value_name = "ID")]
         after: Option<u64>,

@@ -19,19 +19,23 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod aliases;
 mod audit;
 mod deployments;
 mod error;
 mod events;
 mod files;
+mod governance;
 mod http;
 mod models;
+mod retention;
 mod types;
 mod versions;
 
 pub use error::{hint_for, ClientError};
 pub use files::Download;
+pub use governance::{PolicyScope, StageOutcome, TransitionQuery, TransitionVerb};
 pub use http::{
     Client, ClientBuilder, RetryPolicy, ACTOR_HEADER, IDEMPOTENCY_HEADER, REQUEST_ID_HEADER, SHA256_HEADER,
 };

@@ -143,6 +143,10 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     /// Only entries of this action (`model.create`, `version.stage`, …).
     pub action: Option<String>,
+    /// Only entries at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only entries before this RFC 3339 time.
+    pub until: Option<String>,
     /// Page size.
     pub limit: Option<u32>,
 }
@@ -192,6 +196,8 @@ impl AuditQuery {
         push_opt(&mut p, "model", self.model.as_deref());
         push_opt(&mut p, "actor", self.actor.as_deref());
         push_opt(&mut p, "action", self.action.as_deref());
+        push_opt(&mut p, "since", self.since.as_deref());
+        push_opt(&mut p, "until", self.until.as_deref());
         push_opt(&mut p, "limit", self.limit.map(|l| l.to_string()).as_deref());
         p
     }

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Conflict,
     /// A stage transition that the state machine does not allow.
     InvalidTransition,
+    /// A move into a gated stage failed the policy's gates (metrics, metadata, model card); the
+    /// error lists each failed rule with what was observed and what was required.
+    GateFailed,
     /// An `If-Match` precondition did not hold: someone changed the resource first.
     PreconditionFailed,
     /// The request body is larger than the server accepts.
@@ -49,7 +52,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in a stable order (for documentation and tests).
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidArgument,
         ErrorCode::InvalidName,
         ErrorCode::InvalidPath,
@@ -60,6 +63,7 @@ impl ErrorCode {
         ErrorCode::AlreadyExists,
         ErrorCode::Conflict,
         ErrorCode::InvalidTransition,
+        ErrorCode::GateFailed,
         ErrorCode::PreconditionFailed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::DigestMismatch,
@@ -87,7 +91,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RangeNotSatisfiable => 416,
-            ErrorCode::DigestMismatch | ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::DigestMismatch | ErrorCode::IdempotencyKeyReused | ErrorCode::GateFailed => 422,
             ErrorCode::BlobCorrupt | ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -107,6 +111,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Conflict => "conflict",
             ErrorCode::InvalidTransition => "invalid_transition",
+            ErrorCode::GateFailed => "gate_failed",
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::DigestMismatch => "digest_mismatch",

@@ -14,6 +14,6 @@ pub mod stage;
 pub use digest::Sha256Digest;
 pub use error::{ErrorCode, ValidationError};
 pub use manifest::{Manifest, ManifestEntry};
-pub use name::{validate_alias, validate_tag_key, ModelName};
+pub use name::{validate_alias, validate_namespace, validate_tag_key, ModelName};
 pub use path::validate_artifact_path;
 pub use stage::Stage;

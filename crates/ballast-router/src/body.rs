@@ -213,6 +213,9 @@ pub type OnStreamError = Box<dyn FnOnce() + Send + Sync>;
 pub struct UpstreamBody {
     first: Option<Frame<Bytes>>,
     inner: hyper::body::Incoming,
+    /// The connection the body arrives on, driven while the body is read and returned to the
+    /// pool once the body ended.
+    conn: Option<(crate::upstream::Conn, crate::upstream::SharedPool)>,
     on_error: Option<OnStreamError>,
     idle: Duration,
     /// Armed while waiting for the upstream; measures the silence since the wait began (time
@@ -243,10 +246,35 @@ impl UpstreamBody {
         Self {
             first,
             inner,
+            conn: None,
             on_error: Some(on_error),
             idle,
             idle_timer: None,
         }
+    }
+}
+
+impl UpstreamBody {
+    /// Drives `conn` while the body is read; returns it to `pool` when the body ended.
+    #[must_use]
+    pub fn with_conn(mut self, conn: crate::upstream::Conn, pool: crate::upstream::SharedPool) -> Self {
+        self.conn = Some((conn, pool));
+        self
+    }
+
+    /// Hands the connection back to its pool when the response was read to its end.
+    fn release(&mut self) {
+        if let Some((conn, pool)) = self.conn.take() {
+            if self.inner.is_end_stream() && !conn.ended() {
+                pool.checkin(conn);
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -262,17 +290,27 @@ impl Body for UpstreamBody {
         if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let conn = this.conn.as_mut().map(|(c, _)| c);
+        match crate::upstream::poll_body_frame(conn, &mut this.inner, cx) {
             Poll::Ready(Some(Err(e))) => {
                 this.idle_timer = None;
+                this.conn = None;
                 if let Some(cb) = this.on_error.take() {
                     cb();
                 }
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(other) => {
+            Poll::Ready(None) => {
                 this.idle_timer = None;
-                Poll::Ready(other.map(|r| r.map_err(Into::into)))
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                this.idle_timer = None;
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(f)))
             }
             Poll::Pending => {
                 let idle = this.idle;

@@ -12,8 +12,9 @@ use crate::proxy::record_target_failure;
 use crate::state::Shared;
 use crate::table::{RouteRt, TargetRt};
 
-/// How often an unejected target without active checks looks at its state.
-const IDLE: Duration = Duration::from_millis(250);
+/// Longest sleep of an unejected target's checker without active checks (it is woken at
+/// once by an ejection; this bounds the wait should a wake-up be missed).
+const IDLE: Duration = Duration::from_secs(30);
 
 /// `GET path` on the target; the status, or `None` on error or time-out.
 async fn probe(
@@ -69,9 +70,15 @@ pub(crate) async fn run(shared: Arc<Shared>, route: Arc<RouteRt>, target: Arc<Ta
         let now = Instant::now();
         let wait = match &policy.active {
             Some(a) => Duration::from_millis(a.interval_ms),
-            None => target.health.ejected_until().map_or(IDLE, |u| {
-                u.saturating_duration_since(now).max(Duration::from_millis(20))
-            }),
+            None => match target.health.ejected_until() {
+                Some(u) => u.saturating_duration_since(now).max(Duration::from_millis(20)),
+                None => {
+                    // Nothing is due until the target is ejected: sleep until it is (with a
+                    // slow timer as a safety net) instead of polling.
+                    let _ = tokio::time::timeout(IDLE, target.health.ejection()).await;
+                    continue;
+                }
+            },
         };
         tokio::time::sleep(wait).await;
         if let Some(active) = &policy.active {

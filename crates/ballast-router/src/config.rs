@@ -36,11 +36,19 @@ pub struct RouterConfig {
     pub max_openai_body_bytes: usize,
     /// Time in-flight requests get to finish after shutdown starts.
     pub shutdown_grace: Duration,
-    /// The failure-rate rule of passive outlier detection (every route).
+    /// The failure-rate rule of passive outlier detection, for routes that set none
+    /// (`health.failure_rate`).
     pub failure_rate: FailureRatePolicy,
     /// A response that started to flow is cut when no byte arrives from the upstream for this
-    /// long (and counts as a failure of that target).
+    /// long (and counts as a failure of that target), for routes that set none
+    /// (`timeouts.stream_idle_ms`).
     pub stream_idle_timeout: Duration,
+    /// Bearer token sent to the registry (`--registry`), when it requires one.
+    pub registry_token: Option<RegistryToken>,
+    /// Threads serving requests, each with a single-threaded runtime of its own and its own
+    /// upstream connections (a request never changes threads). 0 serves on the runtime that
+    /// calls [`crate::Router::serve`].
+    pub workers: usize,
     /// A PEM file of extra CA certificates trusted for `https` targets (beside the Web PKI roots).
     pub upstream_ca: Option<PathBuf>,
 }
@@ -64,7 +72,33 @@ impl RouterConfig {
             failure_rate: FailureRatePolicy::default(),
             stream_idle_timeout: Duration::from_secs(60),
             upstream_ca: None,
+            registry_token: None,
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
+    }
+}
+
+/// A registry API token: never printed (its `Debug` shows only that it is set).
+#[derive(Clone)]
+pub struct RegistryToken(String);
+
+impl RegistryToken {
+    /// Wraps a token.
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the `Authorization` header.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RegistryToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryToken(****)")
     }
 }
 

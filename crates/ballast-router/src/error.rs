@@ -186,29 +186,6 @@ impl RouterError {
     }
 }
 
-/// Classifies a failure of the HTTP client by its type (never its text).
-pub(crate) fn classify_client_error(err: &hyper_util::client::legacy::Error) -> RouterError {
-    let mut timed_out = false;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
-            }
-        }
-        source = e.source();
-    }
-    if err.is_connect() {
-        if timed_out {
-            RouterError::new(ErrorKind::ConnectTimeout, format!("connect timed out: {err}"))
-        } else {
-            RouterError::new(ErrorKind::Connect, format!("cannot connect: {err}"))
-        }
-    } else {
-        RouterError::new(ErrorKind::UpstreamIo, format!("connection failed: {err:#}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@ pub enum Transition {
 pub struct FailoverState {
     failed_over: bool,
     healthy_since: Option<Instant>,
+    /// The home region the state is about; a reload that changes it starts afresh.
+    home: String,
 }
 
 impl FailoverState {
@@ -25,6 +27,18 @@ impl FailoverState {
     #[must_use]
     pub fn failed_over(&self) -> bool {
         self.failed_over
+    }
+
+    /// Makes `home` the region this state is about. A different one than before (a reload
+    /// changed the route's region order) clears the state: a failover of the old home region
+    /// says nothing about the new one.
+    pub fn set_home(&mut self, home: &str) {
+        if self.home != home {
+            self.home.clear();
+            self.home.push_str(home);
+            self.failed_over = false;
+            self.healthy_since = None;
+        }
     }
 
     /// Feeds the local region's current verdict; returns a transition when one happens.
@@ -76,5 +90,19 @@ mod tests {
             Some(Transition::Back)
         );
         assert!(!f.failed_over());
+    }
+
+    #[test]
+    fn a_new_home_region_starts_afresh() {
+        let hold = Duration::from_secs(10);
+        let mut f = FailoverState::default();
+        let t0 = Instant::now();
+        f.set_home("eu");
+        assert_eq!(f.update(t0, false, hold), Some(Transition::Out));
+        f.set_home("eu");
+        assert!(f.failed_over());
+        f.set_home("us");
+        assert!(!f.failed_over());
+        assert_eq!(f.update(t0, true, hold), None);
     }
 }

@@ -40,6 +40,16 @@ impl Default for FailureRatePolicy {
     }
 }
 
+impl From<&ballast_api::routing::FailureRate> for FailureRatePolicy {
+    fn from(f: &ballast_api::routing::FailureRate) -> Self {
+        Self {
+            window: Duration::from_millis(f.window_ms),
+            min_requests: f.min_requests,
+            failure_percent: f.failure_percent,
+        }
+    }
+}
+
 impl FailureRatePolicy {
     fn applies(&self) -> bool {
         self.failure_percent < 100 && !self.window.is_zero()
@@ -140,13 +150,16 @@ struct State {
     active_failures: u32,
     total_ejections: u64,
     window: Window,
+    /// The failure-rate rule (the route's, or the router's default); replaced on reloads.
+    failure_rate: FailureRatePolicy,
 }
 
 /// Health of one target, shared by every request and the checker task.
 #[derive(Debug)]
 pub struct TargetHealth {
     state: Mutex<State>,
-    failure_rate: FailureRatePolicy,
+    /// Woken on every ejection (the target's checker sleeps on it while nothing is due).
+    ejected: tokio::sync::Notify,
 }
 
 /// A point-in-time view of a target's health.
@@ -203,9 +216,27 @@ impl TargetHealth {
     #[must_use]
     pub fn with_failure_rate(failure_rate: FailureRatePolicy) -> Self {
         Self {
-            state: Mutex::new(State::default()),
-            failure_rate,
+            state: Mutex::new(State {
+                failure_rate,
+                ..State::default()
+            }),
+            ejected: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Replaces the failure-rate rule (a reload changed the route's setting). The outcomes
+    /// recorded so far stay in the window.
+    pub fn set_failure_rate(&self, failure_rate: &FailureRatePolicy) {
+        self.with(|s| {
+            if s.failure_rate != *failure_rate {
+                s.failure_rate = failure_rate.clone();
+            }
+        });
+    }
+
+    /// The failure-rate rule in force.
+    pub fn failure_rate(&self) -> FailureRatePolicy {
+        self.with(|s| s.failure_rate.clone())
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -264,7 +295,6 @@ impl TargetHealth {
 
     /// A successful attempt (any answer that is neither 5xx nor 429, or a probe that passed).
     pub fn record_success(&self, now: Instant, policy: &HealthPolicy) {
-        let rate = &self.failure_rate;
         self.with(|s| {
             s.consecutive_failures = 0;
             if let Some(u) = s.ejected_until {
@@ -277,7 +307,7 @@ impl TargetHealth {
                 }
                 return;
             }
-            s.window.record(now, false, rate);
+            s.window.record(now, false, &s.failure_rate);
             if s.ejections_in_row > 0
                 && s.returned_at
                     .is_some_and(|r| now.saturating_duration_since(r) >= backoff(policy, s.ejections_in_row))
@@ -291,7 +321,19 @@ impl TargetHealth {
     /// A failed attempt (connect error, timeout, 5xx, broken stream). `may_eject` says whether
     /// the route's ejection share allows one more ejection.
     pub fn record_failure(&self, now: Instant, policy: &HealthPolicy, may_eject: bool) -> FailureEffect {
-        let rate = &self.failure_rate;
+        let effect = self.record_failure_inner(now, policy, may_eject);
+        if matches!(effect, FailureEffect::Ejected(_)) {
+            self.ejected.notify_one();
+        }
+        effect
+    }
+
+    /// Resolves at the next ejection (at once when one happened since the last wait).
+    pub async fn ejection(&self) {
+        self.ejected.notified().await;
+    }
+
+    fn record_failure_inner(&self, now: Instant, policy: &HealthPolicy, may_eject: bool) -> FailureEffect {
         self.with(|s| {
             if let Some(u) = s.ejected_until {
                 if now >= u {
@@ -307,8 +349,8 @@ impl TargetHealth {
                 return FailureEffect::Counted;
             }
             s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-            s.window.record(now, true, rate);
-            if s.consecutive_failures < policy.consecutive_failures && !s.window.exceeded(rate) {
+            s.window.record(now, true, &s.failure_rate);
+            if s.consecutive_failures < policy.consecutive_failures && !s.window.exceeded(&s.failure_rate) {
                 return FailureEffect::Counted;
             }
             if !may_eject {

@@ -28,7 +28,8 @@ impl Counter {
     }
 }
 
-/// A latency histogram with fixed buckets.
+/// A latency histogram with fixed buckets. Each observation counts in the one bucket it falls
+/// in (a single atomic add); the cumulative counts Prometheus expects are summed when rendered.
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -40,10 +41,8 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -109,6 +108,25 @@ impl<T: Default> Family<T> {
     }
 }
 
+/// A metric value of a family looked up once and kept (by a route or target) so the request
+/// path does not search the family's map.
+#[derive(Debug)]
+pub struct Handle<T>(std::sync::OnceLock<Arc<T>>);
+
+impl<T> Default for Handle<T> {
+    fn default() -> Self {
+        Self(std::sync::OnceLock::new())
+    }
+}
+
+impl<T: Default> Handle<T> {
+    /// The value for these label values in `family` (looked up on first use only; the labels
+    /// must be the same on every call).
+    pub fn get(&self, family: &Family<T>, labels: &[&str]) -> &T {
+        self.0.get_or_init(|| family.with(labels))
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -133,14 +151,15 @@ impl Family<Histogram> {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} histogram", self.name);
         for (labels, h) in self.entries() {
+            let mut cumulative = 0u64;
             for (i, le) in BUCKETS.iter().enumerate() {
                 let le = le.to_string();
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "{}_bucket{} {}",
+                    "{}_bucket{} {cumulative}",
                     self.name,
                     self.label_text(&labels, Some(("le", &le))),
-                    h.buckets[i].load(Ordering::Relaxed)
                 );
             }
             let count = h.count.load(Ordering::Relaxed);
@@ -317,6 +336,9 @@ mod tests {
         m.requests.with(&["bot\"x", "200"]).inc();
         m.requests.with(&["bot\"x", "200"]).inc();
         m.attempt_duration.with(&["t1"]).observe(Duration::from_millis(3));
+        m.attempt_duration
+            .with(&["t1"])
+            .observe(Duration::from_millis(700));
         m.snapshot_active(7, 1_000);
         let text = m.render(3_500);
         assert!(
@@ -332,7 +354,20 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("ballast_router_target_latency_seconds_count{target=\"t1\"} 1"),
+            text.contains("ballast_router_target_latency_seconds_count{target=\"t1\"} 2"),
+            "{text}"
+        );
+        // Buckets are cumulative: the 3 ms observation counts in every bucket from 5 ms up.
+        assert!(
+            text.contains("ballast_router_target_latency_seconds_bucket{target=\"t1\",le=\"0.5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_router_target_latency_seconds_bucket{target=\"t1\",le=\"1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_router_target_latency_seconds_bucket{target=\"t1\",le=\"+Inf\"} 2"),
             "{text}"
         );
         assert!(text.contains("ballast_router_snapshot_generation 7"), "{text}");

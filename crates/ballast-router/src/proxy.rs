@@ -11,10 +11,9 @@ use ballast_api::routing::{AttemptReport, RouteKind, RouterErrorBody, RouterErro
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt as _;
 
 use crate::body::{read_bounded, ProxyBody, RequestBody, UpstreamBody};
-use crate::error::{classify_client_error, ErrorKind, RouterError};
+use crate::error::{ErrorKind, RouterError};
 use crate::health::{FailureEffect, TargetHealth};
 use crate::select::{self, Candidate};
 use crate::state::{Active, Shared};
@@ -118,20 +117,22 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>
             return error_response(&e, None, &[]);
         }
     };
-    let route_name = routed.route.spec.name.clone();
+    let route = Arc::clone(&routed.route);
     let mut resp = forward(&shared, &active, routed, parts, started).await;
+    let name = route.spec.name.as_str();
     if !resp.headers().contains_key(H_ROUTE) {
-        resp.headers_mut().insert(H_ROUTE, header_value(&route_name));
+        resp.headers_mut().insert(H_ROUTE, header_value(name));
     }
-    shared
+    let m = &shared.metrics;
+    if resp.status() == StatusCode::OK {
+        route.metrics.requests_ok.get(&m.requests, &[name, "200"]).inc();
+    } else {
+        m.requests.with(&[name, resp.status().as_str()]).inc();
+    }
+    route
         .metrics
-        .requests
-        .with(&[&route_name, resp.status().as_str()])
-        .inc();
-    shared
-        .metrics
-        .request_duration
-        .with(&[&route_name])
+        .duration
+        .get(&m.request_duration, &[name])
         .observe(started.elapsed());
     resp
 }
@@ -198,7 +199,7 @@ async fn find_route(
     })
 }
 
-/// The path and query sent to a target.
+/// The path and query sent to a target (origin form).
 fn upstream_uri(target: &TargetRt, route: &RouteRt, uri: &Uri) -> Result<Uri, RouterError> {
     let path = uri.path();
     let rest = match (
@@ -222,9 +223,8 @@ fn upstream_uri(target: &TargetRt, route: &RouteRt, uri: &Uri) -> Result<Uri, Ro
         pq.push('?');
         pq.push_str(q);
     }
+    // Origin form (path and query only): the authority goes in `Host`.
     Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|e| RouterError::new(ErrorKind::Internal, format!("cannot build the upstream URI: {e}")))
@@ -256,6 +256,7 @@ struct Winner {
     parts: http::response::Parts,
     first: Option<http_body::Frame<Bytes>>,
     body: hyper::body::Incoming,
+    conn: crate::upstream::Conn,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -263,7 +264,7 @@ async fn forward(
     shared: &Arc<Shared>,
     active: &Active,
     routed: Routed,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     started: Instant,
 ) -> Response<Body> {
     let route = &routed.route;
@@ -291,7 +292,7 @@ async fn forward(
     }
     spec_budget(route).record_request(now, &spec.retry);
 
-    let mut headers = parts.headers.clone();
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     if matches!(routed.body, RequestBody::Full(_)) {
@@ -355,24 +356,23 @@ async fn forward(
                 break;
             }
         };
-        let body = body_for(cand, routed.model.as_deref(), &routed.body);
         let result = attempt(
             shared,
             cand,
             &parts.method,
             uri,
             &headers,
-            body,
+            || body_for(cand, routed.model.as_deref(), &routed.body),
             limit,
             by_deadline,
         )
         .await;
         let elapsed = now.elapsed();
         let target_id = cand.target.spec.id.as_str();
-        shared
+        cand.target
             .metrics
-            .attempt_duration
-            .with(&[target_id])
+            .latency
+            .get(&shared.metrics.attempt_duration, &[target_id])
             .observe(elapsed);
         match result {
             Ok(winner) => {
@@ -380,10 +380,13 @@ async fn forward(
                 cand.target
                     .health
                     .record_success(Instant::now(), &cand.route.spec.health);
-                shared
+                cand.target
                     .metrics
-                    .attempts
-                    .with(&[&cand.route.spec.name, target_id, "ok"])
+                    .attempts_ok
+                    .get(
+                        &shared.metrics.attempts,
+                        &[&cand.route.spec.name, target_id, "ok"],
+                    )
                     .inc();
                 if cand.route.spec.name != spec.name {
                     shared
@@ -510,17 +513,28 @@ async fn attempt(
     method: &Method,
     uri: Uri,
     headers: &HeaderMap,
-    body: ProxyBody,
+    body: impl Fn() -> ProxyBody,
     limit: Duration,
     by_deadline: bool,
 ) -> Result<Winner, RouterError> {
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers.clone();
-    let client = shared.clients.get(cand.route.spec.timeouts.connect_ms);
+    let host = HeaderValue::from_str(cand.target.authority.as_str()).ok();
+    let build = || {
+        let mut req = Request::new(body());
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        if let Some(h) = &host {
+            req.headers_mut().insert(header::HOST, h.clone());
+        }
+        req
+    };
+    let key = crate::upstream::PoolKey::new(&cand.target.scheme, &cand.target.authority);
+    let connect_ms = cand.route.spec.timeouts.connect_ms;
     let work = async {
-        let resp = client.request(req).await.map_err(|e| classify_client_error(&e))?;
+        let (resp, mut conn) = shared
+            .pool
+            .send(&key, connect_ms, build(), || Some(build()))
+            .await?;
         let status = resp.status();
         if status.is_server_error() {
             return Err(
@@ -537,7 +551,9 @@ async fn attempt(
             return Err(e);
         }
         let (parts, mut body) = resp.into_parts();
-        let first = match body.frame().await {
+        let frame =
+            std::future::poll_fn(|cx| crate::upstream::poll_body_frame(Some(&mut conn), &mut body, cx)).await;
+        let first = match frame {
             None => None,
             Some(Ok(f)) => Some(f),
             Some(Err(e)) => {
@@ -548,7 +564,12 @@ async fn attempt(
                 .with_status(parts.status.as_u16()))
             }
         };
-        Ok(Winner { parts, first, body })
+        Ok(Winner {
+            parts,
+            first,
+            body,
+            conn,
+        })
     };
     match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
@@ -577,14 +598,16 @@ fn success_response(
         mut parts,
         first,
         body,
+        conn,
     } = winner;
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
-    h.insert(H_ROUTE, header_value(&cand.route.spec.name));
-    h.insert(H_TARGET, header_value(&cand.target.spec.id));
-    h.insert(H_MODEL_VERSION, header_value(&cand.target.spec.model_version));
-    h.insert(H_REGION, header_value(&cand.target.spec.region));
-    h.insert(H_ATTEMPTS, HeaderValue::from(attempts));
+    let [route, target, version, region] = &cand.target.served_by;
+    h.insert(HeaderName::from_static(H_ROUTE), route.clone());
+    h.insert(HeaderName::from_static(H_TARGET), target.clone());
+    h.insert(HeaderName::from_static(H_MODEL_VERSION), version.clone());
+    h.insert(HeaderName::from_static(H_REGION), region.clone());
+    h.insert(HeaderName::from_static(H_ATTEMPTS), HeaderValue::from(attempts));
     let on_error = {
         let shared = Arc::clone(shared);
         let route = Arc::clone(&cand.route);
@@ -595,8 +618,14 @@ fn success_response(
             record_target_failure(&shared, &route, &target, Instant::now());
         })
     };
-    let idle = shared.config.stream_idle_timeout;
-    Response::from_parts(parts, Body::new(UpstreamBody::new(first, body, idle, on_error)))
+    let idle = cand
+        .route
+        .spec
+        .timeouts
+        .stream_idle_ms
+        .map_or(shared.config.stream_idle_timeout, Duration::from_millis);
+    let upstream = UpstreamBody::new(first, body, idle, on_error).with_conn(conn, Arc::clone(&shared.pool));
+    Response::from_parts(parts, Body::new(upstream))
 }
 
 /// The router's own error answer, with every attempt listed.

@@ -44,6 +44,9 @@ pub enum FetchError {
     /// The body is not a snapshot.
     #[error("the registry's snapshot cannot be read: {0}")]
     Body(String),
+    /// The registry token is unusable.
+    #[error("invalid registry token: {0}")]
+    Token(String),
 }
 
 /// What the registry said, and when the router last heard from it (for `/routes`).
@@ -62,6 +65,8 @@ pub struct RegistryStatus {
 pub struct RegistryClient {
     base: String,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// `Bearer <token>`, marked sensitive so it is never logged.
+    authorization: Option<http::HeaderValue>,
 }
 
 /// The result of one (long-)poll.
@@ -96,7 +101,29 @@ impl RegistryClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(Self { base, client })
+        Ok(Self {
+            base,
+            client,
+            authorization: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    ///
+    /// # Errors
+    /// The token cannot be sent in a header (control characters, spaces).
+    pub fn with_token(mut self, token: &crate::config::RegistryToken) -> Result<Self, FetchError> {
+        let t = token.expose().trim();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(FetchError::Token(
+                "the registry token must be printable ASCII without spaces".into(),
+            ));
+        }
+        let mut v = http::HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|e| FetchError::Token(e.to_string()))?;
+        v.set_sensitive(true);
+        self.authorization = Some(v);
+        Ok(self)
     }
 
     /// Asks for a snapshot newer than `after` (any, when `None`), waiting up to `wait` for one.
@@ -112,13 +139,17 @@ impl RegistryClient {
             url: url.clone(),
             reason: e.to_string(),
         })?;
-        let req = http::Request::get(uri)
+        let mut req = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Url {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
+        if let Some(auth) = &self.authorization {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
         let limit = wait + Duration::from_secs(15);
         let resp = tokio::time::timeout(limit, self.client.request(req))
             .await

@@ -9,7 +9,6 @@
 //! Targets an operator drained are left out even in panic mode, unless no target of the route or
 //! its fallbacks is left to try at all.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,12 +93,11 @@ pub fn plan(
     now: Instant,
 ) -> Plan {
     let mut out = Plan::default();
-    let mut visited = HashSet::new();
     let mut stack = vec![Arc::clone(route)];
-    let mut order = Vec::new();
-    // Depth-first over fallbacks, each route once.
+    let mut order: Vec<Arc<RouteRt>> = Vec::new();
+    // Depth-first over fallbacks, each route once (routes have few fallbacks: a linear scan).
     while let Some(r) = stack.pop() {
-        if !visited.insert(r.spec.name.clone()) {
+        if order.iter().any(|o| Arc::ptr_eq(o, &r)) {
             continue;
         }
         for fb in r.spec.fallbacks.iter().rev() {
@@ -144,14 +142,17 @@ fn plan_route(
         out.panic_routes.push(spec.name.clone());
     }
     let mut regions: Vec<&str> = route.region_order.iter().map(String::as_str).collect();
+    // The home region: the router's own, unless the route's order is `listed`.
+    let home = route.region_order.first().map_or(region, String::as_str);
     if route.has_local {
-        let local: Vec<&Arc<TargetRt>> = route.targets.iter().filter(|t| t.spec.region == region).collect();
+        let local: Vec<&Arc<TargetRt>> = route.targets.iter().filter(|t| t.spec.region == home).collect();
         let local_healthy = local.iter().filter(|t| serving(t)).count();
         let local_ok = local_healthy * 100
             >= local.len() * usize::try_from(spec.failover.min_healthy_percent).unwrap_or(100);
         let hold = Duration::from_millis(spec.failover.hold_down_ms);
         let (transition, failed_over) = match route.state.failover.lock() {
             Ok(mut f) => {
+                f.set_home(home);
                 let t = f.update(now, local_ok, hold);
                 (t, f.failed_over())
             }
@@ -212,7 +213,7 @@ fn plan_route(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::{BTreeMap, HashMap, HashSet};
 
     use ballast_api::routing::{
         FailoverPolicy, HealthPolicy, RetryPolicy, Route, RouteKind, RoutingSnapshot, Split, Target, Timeouts,
@@ -252,6 +253,7 @@ mod tests {
                 min_healthy_percent: 50,
                 hold_down_ms: 1_000,
             },
+            regions: None,
         }
     }
 

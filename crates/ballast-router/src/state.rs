@@ -124,8 +124,10 @@ pub struct Shared {
     pub runtime: Runtime,
     /// Metrics.
     pub metrics: Metrics,
-    /// Upstream clients.
+    /// Upstream clients (health probes).
     pub clients: Clients,
+    /// Kept-alive upstream connections (proxied requests).
+    pub pool: Arc<crate::upstream::Pool>,
     checkers: Mutex<Vec<tokio::task::AbortHandle>>,
     /// When the process started serving.
     pub started: Instant,
@@ -164,6 +166,7 @@ impl Shared {
             offer_lock: Mutex::new(()),
             runtime,
             metrics,
+            pool: Arc::new(crate::upstream::Pool::new(tls.clone())),
             clients: Clients::new(tls),
             checkers: Mutex::new(Vec::new()),
             started: Instant::now(),

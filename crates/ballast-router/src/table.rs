@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ballast_api::routing::{Route, RouteKind, RoutingSnapshot, Target};
+use ballast_api::routing::{LocalRegionPolicy, Route, RouteKind, RouteRegions, RoutingSnapshot, Target};
 use http::uri::{Authority, Scheme};
 
 use crate::budget::RetryBudget;
 use crate::failover::FailoverState;
 use crate::health::{FailureRatePolicy, TargetHealth};
+use crate::metrics::{Counter, Handle, Histogram};
 
 /// A target ready to be called.
 #[derive(Debug)]
@@ -30,6 +31,32 @@ pub struct TargetRt {
     pub health: Arc<TargetHealth>,
     /// The operator's drain flag, kept apart from health and across reloads (by id).
     pub drain: Arc<DrainFlag>,
+    /// Its metric values, looked up on first use.
+    pub metrics: TargetMetrics,
+    /// The `x-ballast-*` values of answers it serves: route, target, model version, region.
+    pub served_by: [http::HeaderValue; 4],
+}
+
+fn header_value(s: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(s).unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+}
+
+/// Metric values of one target used on every request.
+#[derive(Debug, Default)]
+pub struct TargetMetrics {
+    /// `ballast_router_attempts_total{route, target, outcome="ok"}`.
+    pub attempts_ok: Handle<Counter>,
+    /// `ballast_router_target_latency_seconds{target}`.
+    pub latency: Handle<Histogram>,
+}
+
+/// Metric values of one route used on every request.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// `ballast_router_requests_total{route, status="200"}`.
+    pub requests_ok: Handle<Counter>,
+    /// `ballast_router_request_duration_seconds{route}`.
+    pub duration: Handle<Histogram>,
 }
 
 /// An operator's decision to take a target out of service: a drained target gets no new
@@ -67,12 +94,17 @@ pub struct RouteRt {
     /// Its targets.
     pub targets: Vec<Arc<TargetRt>>,
     /// Regions in tier order as seen from this router: local first, then the configured
-    /// failover order, then the rest in order of appearance.
+    /// failover order (the route's own `regions`, else the snapshot's), then the rest in order
+    /// of appearance. With a route's `local = "listed"` order, its first listed region leads
+    /// wherever the router runs.
     pub region_order: Vec<String>,
-    /// Whether any target is in the router's region.
+    /// Whether any target is in the first region of `region_order` (the home region that region
+    /// failover protects: the router's own, unless the route's order is `listed`).
     pub has_local: bool,
     /// State kept across reloads.
     pub state: Arc<RouteState>,
+    /// Its metric values, looked up on first use.
+    pub metrics: RouteMetrics,
 }
 
 /// The state that outlives snapshots.
@@ -126,6 +158,42 @@ fn parse_base(url: &str) -> Option<(Scheme, Authority, String)> {
     Some((scheme, authority, path))
 }
 
+/// The tier order of a route's regions for a router in `region`.
+fn region_order(snapshot: &RoutingSnapshot, route: &Route, region: &str) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut add = |r: &str| {
+        if !order.iter().any(|o| o == r) {
+            order.push(r.to_owned());
+        }
+    };
+    match &route.regions {
+        Some(RouteRegions {
+            order: listed,
+            local: LocalRegionPolicy::Listed,
+        }) => listed.iter().for_each(|r| add(r)),
+        Some(RouteRegions {
+            order: listed,
+            local: LocalRegionPolicy::First,
+        }) => {
+            add(region);
+            listed.iter().for_each(|r| add(r));
+        }
+        None => {
+            add(region);
+            if let Some(policy) = snapshot.regions.get(region) {
+                policy.failover.iter().for_each(|r| add(r));
+            }
+        }
+    }
+    for t in &route.targets {
+        add(&t.region);
+    }
+    // The router's own region is always somewhere in the order (it has no targets here when
+    // a listed order leaves it out).
+    add(region);
+    order
+}
+
 impl Table {
     /// Compiles a validated snapshot for a router in `region`, reusing `runtime` state.
     #[must_use]
@@ -138,6 +206,11 @@ impl Table {
         let mut new_states: HashMap<String, Arc<RouteState>> = HashMap::new();
         let mut routes = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
+            let failure_rate = route
+                .health
+                .failure_rate
+                .as_ref()
+                .map_or_else(|| runtime.failure_rate.clone(), FailureRatePolicy::from);
             let mut targets = Vec::with_capacity(route.targets.len());
             for t in &route.targets {
                 let Some((scheme, authority, base_path)) = parse_base(&t.url) else {
@@ -145,8 +218,11 @@ impl Table {
                     continue;
                 };
                 let h = match health.get(&t.id) {
-                    Some((url, h)) if *url == t.url => Arc::clone(h),
-                    _ => Arc::new(TargetHealth::with_failure_rate(runtime.failure_rate.clone())),
+                    Some((url, h)) if *url == t.url => {
+                        h.set_failure_rate(&failure_rate);
+                        Arc::clone(h)
+                    }
+                    _ => Arc::new(TargetHealth::with_failure_rate(failure_rate.clone())),
                 };
                 new_health.insert(t.id.clone(), (t.url.clone(), Arc::clone(&h)));
                 let drain = drains.get(&t.id).map_or_else(Arc::default, Arc::clone);
@@ -159,32 +235,29 @@ impl Table {
                     base_path,
                     health: h,
                     drain,
+                    metrics: TargetMetrics::default(),
+                    served_by: [
+                        header_value(&route.name),
+                        header_value(&t.id),
+                        header_value(&t.model_version),
+                        header_value(&t.region),
+                    ],
                 }));
             }
             let state = states
                 .get(&route.name)
                 .map_or_else(|| Arc::new(RouteState::default()), Arc::clone);
             new_states.insert(route.name.clone(), Arc::clone(&state));
-            let mut region_order = vec![region.to_owned()];
-            if let Some(policy) = snapshot.regions.get(region) {
-                for r in &policy.failover {
-                    if !region_order.contains(r) {
-                        region_order.push(r.clone());
-                    }
-                }
-            }
-            for t in &route.targets {
-                if !region_order.contains(&t.region) {
-                    region_order.push(t.region.clone());
-                }
-            }
-            let has_local = route.targets.iter().any(|t| t.region == region);
+            let region_order = region_order(snapshot, route, region);
+            let home = region_order.first().map_or(region, String::as_str);
+            let has_local = route.targets.iter().any(|t| t.region == home);
             routes.push(Arc::new(RouteRt {
                 spec: route.clone(),
                 targets,
                 region_order,
                 has_local,
                 state,
+                metrics: RouteMetrics::default(),
             }));
         }
         *health = new_health;
@@ -267,6 +340,7 @@ mod tests {
             retry: RetryPolicy::default(),
             health: HealthPolicy::default(),
             failover: FailoverPolicy::default(),
+            regions: None,
         }
     }
 
@@ -317,5 +391,86 @@ mod tests {
         s2.routes[0].targets[0].url = "http://127.0.0.1:2".into();
         let t3 = Table::compile(&s2, "eu", &rt);
         assert!(!Arc::ptr_eq(&h, &t3.openai("bot").unwrap().targets[0].health));
+    }
+
+    #[test]
+    fn a_routes_own_region_order_replaces_the_snapshots() {
+        let mut regions = BTreeMap::new();
+        regions.insert(
+            "eu".to_owned(),
+            RegionPolicy {
+                failover: vec!["ap".into(), "us".into()],
+            },
+        );
+        let targets = vec![
+            target("a", "us"),
+            target("b", "eu"),
+            target("c", "ap"),
+            target("d", "sa"),
+        ];
+        let mut first = route("first", RouteKind::Openai, None, targets.clone());
+        first.regions = Some(RouteRegions {
+            order: vec!["us".into(), "eu".into()],
+            local: LocalRegionPolicy::First,
+        });
+        let mut listed = route("listed", RouteKind::Openai, None, targets.clone());
+        listed.regions = Some(RouteRegions {
+            order: vec!["us".into(), "ap".into()],
+            local: LocalRegionPolicy::Listed,
+        });
+        let plain = route("plain", RouteKind::Openai, None, targets);
+        let s = RoutingSnapshot::new(1, regions, vec![first, listed, plain]);
+        let rt = Runtime::default();
+        let t = Table::compile(&s, "eu", &rt);
+        // Own region first, then the route's order, then the rest as they appear.
+        assert_eq!(
+            t.openai("first").unwrap().region_order,
+            vec!["eu", "us", "ap", "sa"]
+        );
+        // Exactly as listed: us leads even for a router in eu, which comes after the listed ones.
+        let l = t.openai("listed").unwrap();
+        assert_eq!(l.region_order, vec!["us", "ap", "eu", "sa"]);
+        assert!(l.has_local, "the home region is us, which has a target");
+        // Without its own order, the snapshot's order for eu applies.
+        assert_eq!(
+            t.openai("plain").unwrap().region_order,
+            vec!["eu", "ap", "us", "sa"]
+        );
+        // A router in a region without targets still has it in the order.
+        let t = Table::compile(&s, "mars", &rt);
+        assert_eq!(
+            t.openai("listed").unwrap().region_order,
+            vec!["us", "ap", "eu", "sa", "mars"]
+        );
+        assert_eq!(t.openai("first").unwrap().region_order[0], "mars");
+        assert!(!t.openai("first").unwrap().has_local);
+    }
+
+    #[test]
+    fn a_routes_failure_rate_rule_replaces_the_routers_default_and_follows_reloads() {
+        let mut r = route("bot", RouteKind::Openai, None, vec![target("a", "eu")]);
+        r.health.failure_rate = Some(ballast_api::routing::FailureRate {
+            window_ms: 2_000,
+            min_requests: 3,
+            failure_percent: 10,
+        });
+        let s1 = RoutingSnapshot::new(1, BTreeMap::new(), vec![r.clone()]);
+        let rt = Runtime::default();
+        let t1 = Table::compile(&s1, "eu", &rt);
+        let h = Arc::clone(&t1.openai("bot").unwrap().targets[0].health);
+        assert_eq!(
+            h.failure_rate(),
+            FailureRatePolicy {
+                window: std::time::Duration::from_secs(2),
+                min_requests: 3,
+                failure_percent: 10
+            }
+        );
+        // The setting removed: the same health object, back on the router's default.
+        r.health.failure_rate = None;
+        let s2 = RoutingSnapshot::new(2, BTreeMap::new(), vec![r]);
+        let t2 = Table::compile(&s2, "eu", &rt);
+        assert!(Arc::ptr_eq(&h, &t2.openai("bot").unwrap().targets[0].health));
+        assert_eq!(h.failure_rate(), FailureRatePolicy::default());
     }
 }

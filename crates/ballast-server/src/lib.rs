@@ -6,8 +6,11 @@
 //! in-flight requests and closes the store cleanly.
 
 pub mod api;
+pub mod auth;
+pub mod authz;
 mod config;
 mod error;
+pub mod gc;
 pub mod governance;
 mod metrics;
 mod openapi;
@@ -15,7 +18,7 @@ pub mod snapshot;
 mod state;
 pub mod webhooks;
 
-pub use config::Config;
+pub use config::{Config, Secret};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -24,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballast_blob::LocalBlobStore;
 use ballast_store::{SqliteStore, Store};
 
 /// A bound, not yet serving, registry server.
@@ -49,12 +51,16 @@ impl Server {
         let db = config.data_dir.join("ballast.db");
         let store = SqliteStore::open(&db)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {}", db.display(), e.message))?;
-        let blobs = LocalBlobStore::open(config.data_dir.join("blobs"))?;
+        let location = config.blob_location()?;
+        let blobs = ballast_blob::open_store(&location, config.s3_options())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the blob store at {location}: {e}"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let state = AppState::new(config, Arc::new(store) as Arc<dyn Store>, Arc::new(blobs));
+        let state = AppState::new(config, Arc::new(store) as Arc<dyn Store>, blobs);
+        announce_auth(&state).await?;
         Ok(Self {
             listener,
             state,
@@ -83,6 +89,10 @@ impl Server {
             let (store, config) = (self.state.store.clone(), self.state.config.clone());
             tokio::spawn(async move { webhooks::run(store, &config, stop_rx).await })
         };
+        let collector = tokio::spawn(gc::run_scheduled(
+            self.state.clone(),
+            self.state.shutdown.subscribe(),
+        ));
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
         let served = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -101,8 +111,33 @@ impl Server {
         }
         self.state.shutdown.send_replace(true);
         let _ = dispatcher.await;
+        // A collection is safe to stop anywhere: each model's removals commit together and each
+        // blob removal stands alone.
+        collector.abort();
+        let _ = collector.await;
         self.state.store.close().await;
         tracing::info!("store closed");
         Ok(())
     }
+}
+
+/// Creates the admin token on first start and says where it is, or warns loudly that
+/// authentication is off.
+async fn announce_auth(state: &AppState) -> anyhow::Result<()> {
+    if !state.auth.enforced() {
+        tracing::warn!(
+            listen = %state.config.listen,
+            "AUTHENTICATION IS OFF (auth = off): anyone who can reach this address can read, change and delete every model. Use this only for local experiments."
+        );
+        return Ok(());
+    }
+    if let Some(path) = state.auth.bootstrap().await? {
+        tracing::warn!(
+            path = %path.display(),
+            "created the first admin token; it is in {} (mode 0600). Use it with: export BALLAST_TOKEN=$(cat {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }

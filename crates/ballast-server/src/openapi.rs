@@ -3,6 +3,10 @@
 
 use std::sync::OnceLock;
 
+use ballast_api::auth::{
+    CreateToken, CreatedToken, GrantRole, GrantRoleIn, Permission, Role, RoleBinding, RoleList, Token,
+    TokenList, WhoAmI,
+};
 use ballast_api::deployments::{
     Canary, CreateDeployment, Deployment, DeploymentList, RegistryRoute, RouteList, SetRoute,
 };
@@ -10,9 +14,18 @@ use ballast_api::events::{
     CreateWebhook, Delivery, DeliveryAttempt, DeliveryList, DeliveryStatus, Event, EventList, Webhook,
     EVENT_TYPES,
 };
+use ballast_api::governance::{
+    ApprovalTable, ComparedField, ComparedMetric, ComparedVersion, Comparison, Decision, EffectivePolicy,
+    GateKind, GateVerdict, PerStage, Policy, PolicyScope, RequestState, Review, ReviewBody, RiskLevel,
+    StageApprovals, StoredPolicy, TransitionList, TransitionRequest,
+};
+use ballast_api::retention::{
+    EffectiveRetention, GcBlob, GcError, GcKept, GcReport, GcRequest, GcVersion, RetentionPolicy,
+    RetentionRule,
+};
 use ballast_api::routing::{
-    ActiveCheck, FailoverPolicy, HealthPolicy, RegionPolicy, RetryPolicy, Route, RouteKind, RoutingSnapshot,
-    Split, Target, Timeouts,
+    ActiveCheck, FailoverPolicy, FailureRate, HealthPolicy, LocalRegionPolicy, RegionPolicy, RetryPolicy,
+    Route, RouteKind, RouteRegions, RoutingSnapshot, Split, Target, Timeouts,
 };
 use ballast_api::{
     Alias, AttachFile, AuditEntry, AuditList, BlobInfo, CreateModel, CreateVersion, ErrorBody, ErrorDetail,
@@ -32,6 +45,17 @@ use utoipa::OpenApi;
         description = "Fail-safe model registry: models, versions, artifacts, stages, aliases, audit."
     ),
     components(schemas(
+        CreateToken,
+        CreatedToken,
+        GrantRole,
+        GrantRoleIn,
+        Permission,
+        Role,
+        RoleBinding,
+        RoleList,
+        Token,
+        TokenList,
+        WhoAmI,
         Canary,
         CreateDeployment,
         Deployment,
@@ -50,6 +74,9 @@ use utoipa::OpenApi;
         Split,
         Target,
         Timeouts,
+        FailureRate,
+        RouteRegions,
+        LocalRegionPolicy,
         Event,
         EventList,
         CreateWebhook,
@@ -82,7 +109,36 @@ use utoipa::OpenApi;
         Version,
         VersionList,
         VersionMetadata,
-        VersionState
+        VersionState,
+        ApprovalTable,
+        ComparedField,
+        ComparedMetric,
+        ComparedVersion,
+        Comparison,
+        Decision,
+        EffectivePolicy,
+        GateKind,
+        GateVerdict,
+        PerStage,
+        Policy,
+        PolicyScope,
+        RequestState,
+        Review,
+        ReviewBody,
+        RiskLevel,
+        StageApprovals,
+        StoredPolicy,
+        TransitionList,
+        TransitionRequest,
+        EffectiveRetention,
+        GcBlob,
+        GcError,
+        GcKept,
+        GcReport,
+        GcRequest,
+        GcVersion,
+        RetentionPolicy,
+        RetentionRule
     ))
 )]
 struct Schemas;
@@ -231,7 +287,7 @@ fn table() -> Vec<Op> {
         Op(
             Post,
             leak(format!("{v}/stage")),
-            "Move a version to a stage (If-Match)",
+            "Move a version to a stage (If-Match). Under a policy, a move into staging or production creates a transition request: 200 when it completes at once, 202 with the pending TransitionRequest when approvals are needed, 422 gate_failed (error.details lists the failed rules, transition_request the stored request)",
             Some("SetStage"),
             "200",
             Some("StageChange"),
@@ -410,6 +466,182 @@ fn table() -> Vec<Op> {
             "202",
             Some("Delivery"),
         ),
+        Op(Get, "/v1/whoami", "The caller's principal and roles", None, "200", Some("WhoAmI")),
+        Op(
+            Post,
+            "/v1/tokens",
+            "Create a token (admin on *); the answer holds the secret, shown only this once",
+            Some("CreateToken"),
+            "201",
+            Some("CreatedToken"),
+        ),
+        Op(Get, "/v1/tokens", "List tokens, never their secrets (query: principal)", None, "200", Some("TokenList")),
+        Op(
+            Delete,
+            "/v1/tokens/{id}",
+            "Revoke a token (refused for the last usable admin token)",
+            None,
+            "200",
+            Some("Token"),
+        ),
+        Op(Post, "/v1/roles", "Grant a role in a namespace or * (admin on *)", Some("GrantRole"), "200", Some("RoleBinding")),
+        Op(Get, "/v1/roles", "List role bindings (query: principal)", None, "200", Some("RoleList")),
+        Op(
+            Delete,
+            "/v1/roles/{principal}/{namespace}/{role}",
+            "Revoke a role (refused for the last admin on *)",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Get,
+            "/v1/retention/{ns}",
+            "A namespace's retention policy",
+            None,
+            "200",
+            Some("RetentionRule"),
+        ),
+        Op(
+            Put,
+            "/v1/retention/{ns}",
+            "Set a namespace's retention policy (keep the newest N development versions and anything younger than D days)",
+            Some("RetentionPolicy"),
+            "200",
+            Some("RetentionRule"),
+        ),
+        Op(
+            Delete,
+            "/v1/retention/{ns}",
+            "Remove a namespace's retention policy",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/retention")),
+            "The retention policy that applies to a model (its own or its namespace's)",
+            None,
+            "200",
+            Some("EffectiveRetention"),
+        ),
+        Op(
+            Put,
+            leak(format!("{M}/retention")),
+            "Set a model's own retention policy (replaces its namespace's for this model)",
+            Some("RetentionPolicy"),
+            "200",
+            Some("RetentionRule"),
+        ),
+        Op(
+            Delete,
+            leak(format!("{M}/retention")),
+            "Remove a model's own retention policy",
+            None,
+            "204",
+            None,
+        ),
+        Op(
+            Post,
+            "/v1/gc",
+            "Garbage collection: remove versions that retention policies let go, then unreferenced blobs past the grace period (dry_run reports only)",
+            Some("GcRequest"),
+            "200",
+            Some("GcReport"),
+        ),
+        Op(Get, "/v1/policies/{ns}", "A namespace's policy", None, "200", Some("StoredPolicy")),
+        Op(
+            Put,
+            "/v1/policies/{ns}",
+            "Create or replace a namespace's policy (JSON or application/yaml; If-Match)",
+            Some("Policy"),
+            "200",
+            Some("StoredPolicy"),
+        ),
+        Op(Delete, "/v1/policies/{ns}", "Remove a namespace's policy", None, "204", None),
+        Op(Get, leak(format!("{M}/policy")), "A model's own policy", None, "200", Some("StoredPolicy")),
+        Op(
+            Put,
+            leak(format!("{M}/policy")),
+            "Create or replace a model's policy, overriding its namespace's field by field (JSON or application/yaml; If-Match)",
+            Some("Policy"),
+            "200",
+            Some("StoredPolicy"),
+        ),
+        Op(Delete, leak(format!("{M}/policy")), "Remove a model's policy", None, "204", None),
+        Op(
+            Get,
+            leak(format!("{M}/policy/effective")),
+            "The policy in force for a model and where it comes from",
+            None,
+            "200",
+            Some("EffectivePolicy"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/compare")),
+            "Versions side by side (query: versions=1,2[,...], 2 to 10): metadata, parameters, metrics with deltas against the first, and gate verdicts for staging and production",
+            None,
+            "200",
+            Some("Comparison"),
+        ),
+        Op(
+            Get,
+            "/v1/transition-requests",
+            "Transition requests of every readable model, newest first (query: model, version, state, stage, limit, before)",
+            None,
+            "200",
+            Some("TransitionList"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/transition-requests")),
+            "A model's transition requests, newest first (query: version, state, stage, limit, before)",
+            None,
+            "200",
+            Some("TransitionList"),
+        ),
+        Op(
+            Get,
+            leak(format!("{M}/transition-requests/{{id}}")),
+            "A transition request with its verdicts and reviews",
+            None,
+            "200",
+            Some("TransitionRequest"),
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/transition-requests/{{id}}/approve")),
+            "Approve (not the requester; a reviewer counts once); the approval that suffices completes the move",
+            Some("ReviewBody"),
+            "200",
+            Some("TransitionRequest"),
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/transition-requests/{{id}}/reject")),
+            "Reject (not the requester)",
+            Some("ReviewBody"),
+            "200",
+            Some("TransitionRequest"),
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/transition-requests/{{id}}/complete")),
+            "Complete without waiting for the remaining approvals (gates must pass; high risk needs one approval); 422 gate_failed when a gate fails",
+            Some("ReviewBody"),
+            "200",
+            Some("TransitionRequest"),
+        ),
+        Op(
+            Post,
+            leak(format!("{M}/transition-requests/{{id}}/cancel")),
+            "Withdraw a pending request (the requester only)",
+            Some("ReviewBody"),
+            "200",
+            Some("TransitionRequest"),
+        ),
     ]
 }
 
@@ -443,7 +675,7 @@ pub fn document() -> String {
             .collect();
         let events: Vec<String> = EVENT_TYPES.iter().map(|(t, d)| format!("`{t}`: {d}")).collect();
         doc.info.description = Some(format!(
-            "Fail-safe model registry. Errors answer `ErrorBody` with one of these codes: {}. Mutations accept `Idempotency-Key`; `x-ballast-actor` names the actor. Event types (the `type` of an `Event`): {}. Webhook deliveries carry `x-ballast-event`, `x-ballast-delivery` (stable across retries), `x-ballast-timestamp` and `x-ballast-signature: sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\">`.",
+            "Fail-safe model registry. Errors answer `ErrorBody` with one of these codes: {}. Every request except /healthz, /readyz, /metrics and this document needs `Authorization: Bearer <token>` (unknown, expired or revoked → 401 `unauthenticated`; a role missing in the namespace → 403 `permission_denied`, checked before anything is looked up); the token's principal is the actor recorded for changes (`x-ballast-actor` names the actor only when the server runs with auth off). Mutations accept `Idempotency-Key`. Event types (the `type` of an `Event`): {}. Webhook deliveries carry `x-ballast-event`, `x-ballast-delivery` (stable across retries), `x-ballast-timestamp` and `x-ballast-signature: sha256=<hex HMAC-SHA256 of \"<timestamp>.<body>\">`.",
             codes.join(", "),
             events.join("; ")
         ));
@@ -471,6 +703,27 @@ pub fn document() -> String {
                 .response(status, ok.build())
                 .response("default", ResponseBuilder::new().description("error").content("application/json", json_ref("ErrorBody")).build());
             doc.paths.add_path_operation(path, vec![method], op.build());
+        }
+        let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+        if let Some(root) = doc.as_object_mut() {
+            // Bearer tokens on every operation but the public ones.
+            let components = root.entry("components").or_insert_with(|| serde_json::json!({}));
+            if let Some(c) = components.as_object_mut() {
+                c.insert(
+                    "securitySchemes".into(),
+                    serde_json::json!({ "bearer": { "type": "http", "scheme": "bearer", "description": "An API token (`ballast token create`); the first start writes an admin token to <data_dir>/admin.token" } }),
+                );
+            }
+            root.insert("security".into(), serde_json::json!([{ "bearer": [] }]));
+            if let Some(paths) = root.get_mut("paths").and_then(|p| p.as_object_mut()) {
+                for public in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+                    if let Some(op) = paths.get_mut(public).and_then(|p| p.get_mut("get")) {
+                        op["security"] = serde_json::json!([]);
+                    }
+                }
+            }
+            // The MLflow-compatible API's own error shape and status mapping.
+            root.insert("x-mlflow-errors".into(), crate::api::mlflow::error_table());
         }
         serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
     })

@@ -47,6 +47,7 @@ fn base_route(r: &ResolvedRoute, name: String) -> Route {
         retry: spec.retry.clone(),
         health: spec.health.clone(),
         failover: spec.failover.clone(),
+        regions: spec.regions.clone(),
     }
 }
 
@@ -150,6 +151,7 @@ mod tests {
                     retry: RetryPolicy::default(),
                     health: HealthPolicy::default(),
                     failover: FailoverPolicy::default(),
+                    regions: None,
                 },
                 revision: 1,
                 updated_by: "t".to_owned(),

@@ -22,6 +22,10 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The last compiled routing snapshot (reused while the generation stays).
     pub routing_cache: Arc<std::sync::Mutex<Option<Arc<ballast_api::routing::RoutingSnapshot>>>>,
+    /// Checks bearer tokens.
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// Garbage collection: changes in flight, the running collection.
+    pub gc: Arc<crate::gc::Gc>,
     /// Decides on moves into gated stages.
     pub gate: Arc<dyn crate::governance::TransitionGate>,
 }
@@ -29,13 +33,20 @@ pub struct AppState {
 impl AppState {
     /// Builds the state.
     pub fn new(config: Config, store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
+        let auth = Arc::new(crate::auth::Authenticator::new(
+            config.auth,
+            Arc::clone(&store),
+            &config.data_dir,
+        ));
         Self {
+            auth,
             config: Arc::new(config),
             store,
             blobs,
             metrics: crate::metrics::Metrics::install(),
             gate: Arc::new(crate::governance::OpenGate),
             routing_cache: Arc::default(),
+            gc: crate::gc::Gc::new(),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }

@@ -5,13 +5,19 @@
 //! state change, its audit entry and its outbox event in one transaction, or none of them. A
 //! reply means the transaction is durable (SQLite WAL with `synchronous=FULL`).
 
+pub mod auth;
 mod error;
+pub mod governance;
 pub mod mlflow;
+pub mod retention;
 pub mod sqlite;
 mod types;
 
+pub use auth::{AuthStore, TokenLookup};
 pub use error::{StoreError, StoreResult};
+pub use governance::GovernanceStore;
 pub use mlflow::MlflowStore;
+pub use retention::{GcScope, ModelPlan, RetentionStore, RetentionTarget};
 pub use sqlite::SqliteStore;
 pub use types::{
     unix_ms, AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter,
@@ -31,7 +37,7 @@ use ballast_core::{ModelName, Sha256Digest, Stage};
 
 /// The registry's metadata store. One implementation per backend; all pass the same tests.
 #[async_trait]
-pub trait Store: MlflowStore + Send + Sync + 'static {
+pub trait Store: MlflowStore + AuthStore + GovernanceStore + RetentionStore + Send + Sync + 'static {
     /// Creates a model.
     async fn create_model(&self, ctx: &Ctx, req: CreateModel) -> StoreResult<Model>;
     /// Reads a model.

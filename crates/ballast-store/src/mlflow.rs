@@ -23,6 +23,22 @@ pub struct MlflowModel {
     pub model: Model,
 }
 
+/// What a registry search filters and sorts models on, read for every model in one query (the
+/// full [`MlflowModel`] is loaded for the page that is answered only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MlflowModelEntry {
+    /// The MLflow name (as [`MlflowModel::name`]).
+    pub name: String,
+    /// The Ballast name.
+    pub model: ModelName,
+    /// The model's tags.
+    pub tags: Tags,
+    /// Creation time (RFC 3339, as [`Model::created_at`]).
+    pub created_at: String,
+    /// Last change (RFC 3339, as [`Model::updated_at`]).
+    pub updated_at: String,
+}
+
 /// MLflow's fields of a version that Ballast's own metadata does not hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MlflowVersionInfo {
@@ -85,6 +101,19 @@ pub trait MlflowStore: Send + Sync + 'static {
     async fn mlflow_model(&self, name: &str, default_ns: &str) -> StoreResult<MlflowModel>;
     /// Every model with its MLflow name.
     async fn mlflow_models(&self, default_ns: &str) -> StoreResult<Vec<MlflowModel>>;
+    /// The given models (from [`MlflowStore::mlflow_model_index`]) with every version, in one
+    /// read: a search page.
+    async fn mlflow_model_page(
+        &self,
+        models: Vec<MlflowModelEntry>,
+    ) -> StoreResult<Vec<(MlflowModel, Vec<MlflowVersion>)>>;
+    /// Every model's MLflow name, Ballast name, tags and timestamps, oldest first, in one query;
+    /// only the models whose MLflow name starts with `name_prefix` (case-sensitive) when given.
+    async fn mlflow_model_index(
+        &self,
+        default_ns: &str,
+        name_prefix: Option<&str>,
+    ) -> StoreResult<Vec<MlflowModelEntry>>;
     /// Creates a model under an MLflow name (mapped onto a valid Ballast name).
     async fn mlflow_create_model(
         &self,
@@ -105,6 +134,14 @@ pub trait MlflowStore: Send + Sync + 'static {
     ) -> StoreResult<MlflowModel>;
     /// Every version of a model with its MLflow fields, by number.
     async fn mlflow_versions(&self, model: &ModelName) -> StoreResult<Vec<MlflowVersion>>;
+    /// The version an alias of the model with this MLflow name points at (`None`: the alias
+    /// is not set), resolved in one read.
+    async fn mlflow_alias_version(
+        &self,
+        name: &str,
+        alias: &str,
+        default_ns: &str,
+    ) -> StoreResult<Option<MlflowVersion>>;
     /// One version with its MLflow fields.
     async fn mlflow_version(&self, model: &ModelName, number: u64) -> StoreResult<MlflowVersion>;
     /// Creates, fills and seals a version in one transaction.

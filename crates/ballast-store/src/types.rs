@@ -41,6 +41,8 @@ pub enum Precondition {
 pub struct ModelFilter {
     /// Only this namespace.
     pub namespace: Option<String>,
+    /// Only these namespaces (the caller's readable ones); `None` = no restriction.
+    pub namespaces: Option<Vec<String>>,
     /// Only models whose `namespace/model` starts with this.
     pub prefix: Option<String>,
     /// Only models with this tag key (and value, when given).
@@ -106,6 +108,10 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     /// Only this action.
     pub action: Option<String>,
+    /// Only entries at or after this time (RFC 3339, the store's form: `…T…Z` with milliseconds).
+    pub since: Option<String>,
+    /// Only entries before this time (same form).
+    pub until: Option<String>,
     /// Page size (1–1000).
     pub limit: u32,
 }

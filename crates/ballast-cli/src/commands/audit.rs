@@ -14,16 +14,20 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::List {
             model,
-            actor,
+            by,
             action,
+            since,
+            until,
             after,
             limit,
         } => {
             let query = AuditQuery {
                 after,
                 model,
-                actor,
+                actor: by,
                 action,
+                since,
+                until,
                 limit,
             };
             let page = ctx.client.list_audit(&query).await?;

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use ballast_api::deployments::{Canary, CreateDeployment, SetRoute};
+use ballast_api::routing::{LocalRegionPolicy, RouteRegions};
 use clap::Subcommand;
 
 use super::Ctx;
@@ -66,6 +67,18 @@ pub enum RouteCommand {
         /// Pin sessions by this request header (default x-session-id).
         #[arg(long)]
         sticky_header: Option<String>,
+        /// Region order of the route's targets, preferred first (comma-separated, e.g.
+        /// eu-west,us-east). Without it the route keeps the order it has.
+        #[arg(long, value_name = "REGION,...", value_delimiter = ',', num_args = 1..)]
+        regions: Option<Vec<String>>,
+        /// With --regions: where each router puts its own region. `first` (default): its own
+        /// region first, then the listed order; `listed`: exactly the listed order (the first
+        /// listed region serves for every router).
+        #[arg(long, value_name = "first|listed", requires = "regions", value_parser = parse_local_region)]
+        local_region: Option<LocalRegionPolicy>,
+        /// Drop the route's region order (each router's own region first, then the others).
+        #[arg(long, conflicts_with = "regions")]
+        clear_regions: bool,
     },
     /// Delete a route.
     Rm {
@@ -86,6 +99,14 @@ fn parse_version(s: &str) -> anyhow::Result<(String, u64)> {
         .parse::<u64>()
         .with_context(|| format!("{s:?} is not NAMESPACE/MODEL/VERSION (the version is a number)"))?;
     Ok((model.to_owned(), n))
+}
+
+fn parse_local_region(s: &str) -> Result<LocalRegionPolicy, String> {
+    match s {
+        "first" => Ok(LocalRegionPolicy::First),
+        "listed" => Ok(LocalRegionPolicy::Listed),
+        other => Err(format!("{other:?} is not first or listed")),
+    }
 }
 
 fn parse_canary(s: &str) -> anyhow::Result<Canary> {
@@ -189,6 +210,9 @@ pub async fn run_route(ctx: &Ctx, cmd: RouteCommand) -> anyhow::Result<()> {
             fallbacks,
             canary,
             sticky_header,
+            regions,
+            local_region,
+            clear_regions,
         } => {
             let canary = canary.as_deref().map(parse_canary).transpose()?;
             // Keep the settings this command has no flags for (timeouts, retry, health).
@@ -209,6 +233,7 @@ pub async fn run_route(ctx: &Ctx, cmd: RouteCommand) -> anyhow::Result<()> {
                     retry: ballast_api::routing::RetryPolicy::default(),
                     health: ballast_api::routing::HealthPolicy::default(),
                     failover: ballast_api::routing::FailoverPolicy::default(),
+                    regions: None,
                 },
                 |r| r.spec,
             );
@@ -216,6 +241,14 @@ pub async fn run_route(ctx: &Ctx, cmd: RouteCommand) -> anyhow::Result<()> {
             spec.fallbacks = fallbacks;
             spec.canary = canary;
             spec.sticky_header = sticky_header;
+            if let Some(order) = regions {
+                spec.regions = Some(RouteRegions {
+                    order,
+                    local: local_region.unwrap_or_default(),
+                });
+            } else if clear_regions {
+                spec.regions = None;
+            }
             let r = ctx.client.set_route(&name, &spec).await?;
             if ctx.json {
                 output::json(&r)?;
@@ -248,11 +281,18 @@ pub async fn run_route(ctx: &Ctx, cmd: RouteCommand) -> anyhow::Result<()> {
                                 .canary
                                 .as_ref()
                                 .map_or_else(|| "-".to_owned(), |c| format!("{}={}%", c.alias, c.percent)),
+                            r.spec.regions.as_ref().map_or_else(
+                                || "-".to_owned(),
+                                |g| format!("{} ({})", g.order.join(","), g.local.as_str()),
+                            ),
                             r.revision.to_string(),
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "TARGET", "FALLBACKS", "CANARY", "REVISION"], &rows);
+                output::table(
+                    &["NAME", "TARGET", "FALLBACKS", "CANARY", "REGIONS", "REVISION"],
+                    &rows,
+                );
             }
         }
         RouteCommand::Snapshot => {
@@ -265,6 +305,7 @@ pub async fn run_route(ctx: &Ctx, cmd: RouteCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     #[test]
@@ -277,5 +318,40 @@ mod tests {
             Some(("challenger".to_owned(), 5))
         );
         assert!(parse_canary("challenger").is_err());
+        assert_eq!(parse_local_region("listed"), Ok(LocalRegionPolicy::Listed));
+        assert!(parse_local_region("last").is_err());
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Route {
+        #[command(subcommand)]
+        cmd: RouteCommand,
+    }
+
+    #[test]
+    fn route_set_takes_a_region_order() {
+        use clap::Parser as _;
+        let base = ["route", "set", "bot", "--target", "acme/bot:production"];
+        let parse = |extra: &[&str]| Route::try_parse_from(base.iter().chain(extra.iter()));
+        let Ok(Route {
+            cmd:
+                RouteCommand::Set {
+                    regions,
+                    local_region,
+                    clear_regions,
+                    ..
+                },
+        }) = parse(&["--regions", "eu-west,us-east", "--local-region", "listed"])
+        else {
+            panic!("--regions and --local-region parse");
+        };
+        assert_eq!(regions, Some(vec!["eu-west".to_owned(), "us-east".to_owned()]));
+        assert_eq!(local_region, Some(LocalRegionPolicy::Listed));
+        assert!(!clear_regions);
+        // --local-region needs --regions; --clear-regions excludes it; bad policies are refused.
+        assert!(parse(&["--local-region", "first"]).is_err());
+        assert!(parse(&["--regions", "eu", "--clear-regions"]).is_err());
+        assert!(parse(&["--regions", "eu", "--local-region", "nearest"]).is_err());
+        assert!(parse(&["--clear-regions"]).is_ok());
     }
 }

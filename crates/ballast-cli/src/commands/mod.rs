@@ -1,12 +1,15 @@
 //! One module per command group; each takes the parsed arguments and a [`Ctx`] and does the
 //! work through `ballast-client` (or, for `server`, through `ballast-server`).
 
+pub mod access;
 pub mod alias;
 pub mod audit;
 pub mod deployment;
+pub mod governance;
 pub mod model;
 pub mod pull;
 pub mod push;
+pub mod retention;
 pub mod router;
 pub mod server;
 pub mod version;
@@ -54,7 +57,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deployment(cmd) => deployment::run(&ctx()?, cmd).await?,
         Command::Route(cmd) => deployment::run_route(&ctx()?, cmd).await?,
         Command::Webhook(cmd) => webhook::run(&ctx()?, cmd).await?,
+        Command::Token(cmd) => access::run_token(&ctx()?, cmd).await?,
+        Command::Role(cmd) => access::run_role(&ctx()?, cmd).await?,
+        Command::Whoami => access::run_whoami(&ctx()?).await?,
+        Command::Policy(cmd) => governance::run_policy(&ctx()?, cmd).await?,
+        Command::Transition(cmd) => governance::run_transition(&ctx()?, cmd).await?,
         Command::Events(cmd) => webhook::run_events(&ctx()?, cmd).await?,
+        Command::Retention(cmd) => retention::run_retention(&ctx()?, cmd).await?,
+        Command::Gc(args) => retention::run_gc(&ctx()?, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

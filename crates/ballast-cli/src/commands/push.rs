@@ -41,6 +41,9 @@ struct PushReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     alias: Option<String>,
     stage: String,
+    /// The transition request waiting for approvals, when the policy asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_transition_request: Option<u64>,
 }
 
 /// Runs `ballast push`.
@@ -173,10 +176,11 @@ async fn push(
             .with_context(|| format!("setting alias {alias} (the version is sealed)"))?;
     }
     let mut stage = sealed.stage;
+    let mut pending_transition_request = None;
     if let Some(target) = args.stage.filter(|s| *s != sealed.stage) {
-        let change = ctx
+        let outcome = ctx
             .client
-            .set_stage(
+            .request_stage(
                 &args.name,
                 number,
                 &SetStage {
@@ -192,7 +196,22 @@ async fn push(
                     args.name
                 )
             })?;
-        stage = change.version.stage;
+        match outcome {
+            ballast_client::StageOutcome::Moved(change) => stage = change.version.stage,
+            ballast_client::StageOutcome::Pending(r) => {
+                if !ctx.json {
+                    outln!(
+                        "the move to {target} waits for approval: transition request {} ({} of {} approvals); a reviewer runs `ballast transition approve {} {}`",
+                        r.id,
+                        r.approvals,
+                        r.required_approvals,
+                        r.model,
+                        r.id
+                    );
+                }
+                pending_transition_request = Some(r.id);
+            }
+        }
     }
 
     let uploaded = sent.iter().filter(|(_, _, t)| *t == Transfer::Uploaded).count();
@@ -212,6 +231,7 @@ async fn push(
         bytes_uploaded,
         alias: args.alias.clone(),
         stage: stage.to_string(),
+        pending_transition_request,
     })
 }
 

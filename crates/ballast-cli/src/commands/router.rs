@@ -22,6 +22,13 @@ pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
     config.registry = args.registry.clone();
     config.state_dir = Some(args.state_dir.clone());
     config.upstream_ca = args.upstream_ca.clone();
+    config.registry_token = args
+        .registry_token
+        .clone()
+        .map(ballast_router::RegistryToken::new);
+    if let Some(n) = args.workers {
+        config.workers = n.min(256);
+    }
     config.stream_idle_timeout = std::time::Duration::from_secs(args.stream_idle_timeout_secs.max(1));
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;

@@ -27,6 +27,20 @@ struct Overrides {
     listen: Option<std::net::SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<ballast_server::auth::AuthMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_path_style: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_secret_access_key: Option<String>,
 }
 
 /// Builds the configuration from its layers.
@@ -46,6 +60,13 @@ fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        auth: args.auth,
+        blob_url: args.blob_url.clone(),
+        s3_endpoint: args.s3_endpoint.clone(),
+        s3_region: args.s3_region.clone(),
+        s3_path_style: args.s3_path_style.then_some(true),
+        s3_access_key_id: args.s3_access_key_id.clone(),
+        s3_secret_access_key: args.s3_secret_access_key.clone(),
     };
     Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file(&file))
@@ -97,6 +118,12 @@ pub async fn run(args: ServerArgs, json: bool) -> anyhow::Result<()> {
     let config = load_config(&args, server_env())?;
     let data_dir = config.data_dir.clone();
     let listen = config.listen;
+    let auth_on = config.auth == ballast_server::auth::AuthMode::On;
+    let blobs = config
+        .blob_url
+        .as_ref()
+        .and(config.blob_location().ok())
+        .map(|l| l.to_string());
     let shutdown = shutdown_signal()?;
     let server = Server::bind(config).await.with_context(|| {
         format!(
@@ -106,18 +133,35 @@ pub async fn run(args: ServerArgs, json: bool) -> anyhow::Result<()> {
     })?;
     let addr = server.local_addr().context("cannot read the bound address")?;
     let data_dir = absolute(&data_dir);
-    tracing::info!(listen = %addr, data_dir = %data_dir.display(), "ballast server ready");
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), blobs = blobs.as_deref().unwrap_or("data_dir"), "ballast server ready");
     if json {
         output::json(&serde_json::json!({
             "listen": addr.to_string(),
             "url": format!("http://{addr}"),
             "data_dir": data_dir.display().to_string(),
+            "blob_url": blobs,
+            "auth": auth_on,
+            "admin_token_file": auth_on.then(|| data_dir.join(ballast_server::auth::ADMIN_TOKEN_FILE).display().to_string()),
         }))?;
     } else {
+        let artifacts = blobs.map(|b| format!(", artifacts in {b}")).unwrap_or_default();
         outln!(
-            "ballast server listening on http://{addr} (data in {})",
+            "ballast server listening on http://{addr} (data in {}{artifacts})",
             data_dir.display()
         );
+        if auth_on {
+            let file = data_dir.join(ballast_server::auth::ADMIN_TOKEN_FILE);
+            if file.is_file() {
+                outln!(
+                    "clients need a token: export BALLAST_TOKEN=$(cat {})",
+                    file.display()
+                );
+            }
+        } else {
+            outln!(
+                "WARNING: authentication is off; anyone who can reach this address can change every model"
+            );
+        }
     }
     server
         .serve(shutdown)
@@ -137,9 +181,8 @@ mod tests {
 
     fn args(config: Option<PathBuf>) -> ServerArgs {
         ServerArgs {
-            listen: None,
-            data_dir: None,
             config,
+            ..ServerArgs::default()
         }
     }
 
@@ -177,5 +220,34 @@ mod tests {
             .err()
             .map(|e| format!("{e:#}"));
         assert!(err.unwrap_or_default().contains("does not exist"));
+    }
+
+    #[test]
+    fn blob_store_settings_come_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "blob_url = \"s3://from-file/x\"\ns3_region = \"eu-west-1\"\ns3_secret_access_key = \"file-secret\"\n",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = load_config(&args(Some(file.clone())), no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.blob_url.as_deref(), Some("s3://from-file/x"));
+        assert!(!c.s3_path_style);
+        assert!(!format!("{c:?}").contains("file-secret"));
+
+        let mut a = args(Some(file));
+        a.blob_url = Some("s3://from-flag/y".into());
+        a.s3_endpoint = Some("http://127.0.0.1:9000".into());
+        a.s3_path_style = true;
+        a.s3_secret_access_key = Some("flag-secret".into());
+        let c = load_config(&a, no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.blob_url.as_deref(), Some("s3://from-flag/y"));
+        assert_eq!(c.s3_endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.s3_region.as_deref(), Some("eu-west-1"));
+        assert!(c.s3_path_style);
+        let s3 = c.s3_options();
+        assert_eq!(s3.secret_access_key.as_deref(), Some("flag-secret"));
+        assert!(!format!("{c:?} {s3:?}").contains("flag-secret"));
     }
 }

@@ -15,6 +15,9 @@ use crate::{metadata, output};
 /// What the registry answers, a transport error, or an unreadable metadata file.
 pub async fn run(ctx: &Ctx, cmd: VersionCommand) -> anyhow::Result<()> {
     match cmd {
+        VersionCommand::Compare { name, versions } => {
+            super::governance::compare(ctx, &name, &versions).await?
+        }
         VersionCommand::Create { name, meta, tags } => {
             let metadata = meta
                 .as_deref()
@@ -97,11 +100,13 @@ pub async fn run(ctx: &Ctx, cmd: VersionCommand) -> anyhow::Result<()> {
                 Some(n) => n,
                 None => reference.resolve(&ctx.client).await?.version,
             };
-            let change = ctx
-                .client
-                .set_stage(&reference.model, number, &SetStage { stage, comment }, if_match)
-                .await?;
-            print_change(ctx, &change)?;
+            // Under a policy the move may wait for approvals (a transition request).
+            let body = SetStage { stage, comment };
+            if let Some(change) =
+                super::governance::stage(ctx, &reference.model, number, &body, if_match).await?
+            {
+                print_change(ctx, &change)?;
+            }
         }
         VersionCommand::Rollback { name, comment } => {
             let change = ctx.client.rollback(&name, &Rollback { comment }).await?;

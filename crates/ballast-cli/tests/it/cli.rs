@@ -14,7 +14,7 @@ fn run(url: &str, args: &[&str]) -> Output {
         .args(args)
         .env("BALLAST_URL", url)
         .env("BALLAST_ACTOR", "carol")
-        .env_remove("BALLAST_TOKEN")
+        .env("BALLAST_TOKEN", crate::support::token_for(url))
         .output()
         .unwrap()
 }
@@ -191,8 +191,9 @@ async fn push_promote_pull_rollback_through_the_cli() {
 
     let audit = json(url, &["audit", "list", "--model", "acme/bot"]);
     let entries = audit["entries"].as_array().unwrap();
-    assert!(entries.len() > 10);
-    assert!(entries.iter().all(|e| e["actor"] == "carol"));
+    assert!(entries.len() > 10, "{audit}");
+    // With auth on, the actor is the token's principal (the header is ignored).
+    assert!(entries.iter().all(|e| e["actor"] == "admin"));
     let out = run(url, &["audit", "verify"]);
     assert!(out.status.success());
 
@@ -490,4 +491,86 @@ async fn deployment_and_route_commands() {
         ],
     );
     assert_eq!(events["events"].as_array().unwrap().len(), 3);
+}
+
+/// Runs as the holder of `token`.
+fn run_as(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("BALLAST_URL", url)
+        .env("BALLAST_TOKEN", token)
+        .env_remove("BALLAST_ACTOR")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).await;
+    let url = &server.url;
+    let created = json(
+        url,
+        &[
+            "token",
+            "create",
+            "bob",
+            "--role",
+            "acme=writer",
+            "--expires-in-days",
+            "30",
+            "--description",
+            "ci",
+        ],
+    );
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("blst_"));
+    assert!(created["expires_at"].as_str().is_some());
+    let listed = json(url, &["token", "list"]);
+    assert!(!listed.to_string().contains(&secret));
+
+    let out = run_as(url, &secret, &["--json", "whoami"]);
+    assert!(out.status.success());
+    let me: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(me["principal"], "bob");
+    assert_eq!(me["roles"][0]["namespace"], "acme");
+
+    assert!(run_as(url, &secret, &["model", "create", "acme/x"])
+        .status
+        .success());
+    let denied = run_as(url, &secret, &["model", "create", "other/x"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("permission_denied") && err.contains("role grant"),
+        "{err}"
+    );
+
+    json(url, &["role", "grant", "bob", "other", "writer"]);
+    assert!(run_as(url, &secret, &["model", "create", "other/x"])
+        .status
+        .success());
+    let roles = json(url, &["role", "list", "--principal", "bob"]);
+    assert_eq!(roles["roles"].as_array().unwrap().len(), 2);
+    json(url, &["role", "revoke", "bob", "other", "writer"]);
+    assert_eq!(
+        run_as(url, &secret, &["model", "create", "other/y"])
+            .status
+            .code(),
+        Some(1)
+    );
+    // A bad role name is refused by the CLI before anything is sent.
+    assert!(!run(url, &["role", "grant", "bob", "acme", "owner"])
+        .status
+        .success());
+
+    let id = created["id"].as_u64().unwrap().to_string();
+    json(url, &["token", "revoke", &id]);
+    let gone = run_as(url, &secret, &["whoami"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("unauthenticated"));
+    // Without any token the server says how to get one.
+    let none = run_as(url, "", &["model", "list"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("admin.token"));
 }

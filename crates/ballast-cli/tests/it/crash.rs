@@ -71,6 +71,7 @@ async fn sealed_version(c: &reqwest::Client, url: &str, seed: u64) -> u64 {
 async fn load(url: String, acked: Arc<Mutex<Acked>>, sealed: Vec<u64>, stop: Instant) {
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(auth_headers(&url))
         .build()
         .unwrap();
     let mut tasks = Vec::new();
@@ -207,8 +208,19 @@ fn check_blob_dir(data: &std::path::Path) {
     );
 }
 
+fn auth_headers(url: &str) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", crate::support::token_for(url))
+            .parse()
+            .unwrap(),
+    );
+    h
+}
+
 async fn check_invariants(url: &str, data: &std::path::Path, acked: &Acked) {
-    let c = reqwest::Client::new();
+    let c = crate::support::authed_client(data);
     let model: Value = c
         .get(format!("{url}/v1/models/{MODEL}"))
         .send()
@@ -323,7 +335,7 @@ async fn sigkill_mid_write_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = ServerProc::start(&data).await;
-    let c = reqwest::Client::new();
+    let c = crate::support::authed_client(&data);
     let r = c
         .post(format!("{}/v1/models", server.url))
         .json(&json!({"name": MODEL}))

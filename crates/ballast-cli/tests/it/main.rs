@@ -4,5 +4,7 @@
 
 mod cli;
 mod crash;
+mod governance;
+mod retention;
 mod support;
 mod webhooks;

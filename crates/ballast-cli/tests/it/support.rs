@@ -19,6 +19,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Bearer tokens of the servers started by the tests, by URL (for the CLI's `BALLAST_TOKEN`).
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The token to use against the server at `url`.
+pub fn token_for(url: &str) -> String {
+    TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(u, _)| u == url)
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default()
+}
+
+/// The admin token the server wrote to `data_dir` on first start.
+pub fn admin_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("the server writes admin.token on first start")
+        .trim()
+        .to_owned()
+}
+
+/// An HTTP client that sends the data dir's admin token.
+pub fn authed_client(data_dir: &Path) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", admin_token(data_dir)).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// A server process on a data dir.
 pub struct ServerProc {
     pub child: Child,
@@ -41,6 +78,10 @@ impl ServerProc {
         let url = format!("http://127.0.0.1:{port}");
         let mut me = Self { child, url };
         me.wait_ready().await;
+        TOKENS
+            .lock()
+            .unwrap()
+            .push((me.url.clone(), admin_token(data_dir)));
         me
     }
 

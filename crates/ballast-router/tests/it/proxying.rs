@@ -246,3 +246,104 @@ async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout_and_counts_again
     assert!(!cut, "{text}");
     assert_eq!(text.matches("data:").count(), 4, "{text}");
 }
+
+/// A raw HTTP/1.1 upstream that answers each request `200 {}` and counts the connections it
+/// accepted; with `close_after_answer` it closes every connection right after its answer (as a
+/// backend that drops idle keep-alive connections does), without saying so in the headers.
+async fn raw_upstream(
+    close_after_answer: bool,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicU64::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: headers, then content-length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if close_after_answer {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted, task)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_a_closed_one_is_never_reused() {
+    use std::sync::atomic::Ordering;
+    let (keep_url, keep_conns, keep_task) = raw_upstream(false).await;
+    let (close_url, close_conns, close_task) = raw_upstream(true).await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"keep\"\n{}\n[[routes]]\nname = \"close\"\n{}",
+        target("keep-a", &keep_url, "eu", "m/keep/1"),
+        target("close-a", &close_url, "eu", "m/close/1"),
+    );
+    // One worker: every request of this test goes through the same pool shard.
+    let router = TestRouter::start_with("eu", &toml, |c| c.workers = 1).await;
+    for _ in 0..6 {
+        let r = router.chat("keep").await;
+        assert_eq!((r.status, r.attempts()), (200, 1), "{}", r.body);
+    }
+    // Sequential requests reuse one kept-alive connection.
+    assert_eq!(keep_conns.load(Ordering::SeqCst), 1);
+    for i in 0..6 {
+        let r = router.chat("close").await;
+        assert_eq!((r.status, r.attempts()), (200, 1), "request {i}: {}", r.body);
+    }
+    // Each connection the upstream closed was dropped, not reused: a new one per request, and
+    // no failure was counted against the target.
+    assert_eq!(close_conns.load(Ordering::SeqCst), 6);
+    let m = router.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ballast_router_attempts_total{route=\"close\",target=\"close-a\",outcome=\"ok\"}"
+        ),
+        6.0,
+        "{m}"
+    );
+    assert_eq!(router.target_phase("close-a").await, "healthy");
+    keep_task.abort();
+    close_task.abort();
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ballast_router::{Router, RouterConfig, RouterHandle, StartError};
+use ballast_router::{RegistryToken, Router, RouterConfig, RouterHandle, StartError};
 use serde_json::{json, Value};
 
 use crate::support::{client, eventually, Upstream};
@@ -80,8 +80,22 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 
+    /// The admin token the registry wrote on its first start (none when it runs without auth).
+    fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token() {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = client().request(method, format!("{}{path}", self.base()));
+        let mut req = self.authed(client().request(method, format!("{}{path}", self.base())));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -99,11 +113,11 @@ impl Registry {
     async fn sealed_version(&self, content: &str) -> u64 {
         let v = self.post("/v1/models/acme/bot/versions", json!({})).await;
         let n = v["version"].as_u64().unwrap();
-        let r = client()
-            .put(format!(
+        let r = self
+            .authed(client().put(format!(
                 "{}/v1/models/acme/bot/versions/{n}/files/model.bin",
                 self.base()
-            ))
+            )))
             .body(content.to_owned())
             .send()
             .await
@@ -142,7 +156,16 @@ struct RegistryRouter {
 
 impl RegistryRouter {
     async fn start(registry: &str, state_dir: PathBuf) -> Result<Self, StartError> {
+        Self::start_with_token(registry, state_dir, None).await
+    }
+
+    async fn start_with_token(
+        registry: &str,
+        state_dir: PathBuf,
+        token: Option<String>,
+    ) -> Result<Self, StartError> {
         let mut config = RouterConfig::new("eu-west");
+        config.registry_token = token.map(RegistryToken::new);
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.registry = Some(registry.to_owned());
         config.state_dir = Some(state_dir);
@@ -234,7 +257,16 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
 
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
-    let router = RegistryRouter::start(&registry.base(), state_dir.clone())
+    if registry.token().is_some() {
+        // A registry that requires a token refuses a router without one, which then has
+        // nothing to serve.
+        let e = RegistryRouter::start(&registry.base(), state_dir.clone())
+            .await
+            .err()
+            .expect("no token, no snapshot");
+        assert!(e.to_string().contains("401"), "{e}");
+    }
+    let router = RegistryRouter::start_with_token(&registry.base(), state_dir.clone(), registry.token())
         .await
         .unwrap();
     let r = router.chat().await;
@@ -275,7 +307,7 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
     router.stop().await;
 
     // Restarted with the registry still down: it serves from last-known-good.
-    let router = RegistryRouter::start(&registry.base(), state_dir.clone())
+    let router = RegistryRouter::start_with_token(&registry.base(), state_dir.clone(), registry.token())
         .await
         .unwrap();
     let routes = router.routes().await;
@@ -326,4 +358,81 @@ async fn registry_source_refuses_bad_starts() {
         .err()
         .expect("bad URL");
     assert!(matches!(e, StartError::Registry(_)), "{e}");
+}
+
+#[tokio::test]
+async fn a_registry_routes_region_order_and_health_settings_reach_the_router() {
+    let near = Upstream::start("us-a").await;
+    let far = Upstream::start("ap-a").await;
+    let local = Upstream::start("eu-a").await;
+    let registry = Registry::start().await;
+    registry.post("/v1/models", json!({ "name": "acme/bot" })).await;
+    let v1 = registry.sealed_version("one").await;
+    for (region, up) in [("ap-south", &far), ("us-east", &near), ("eu-west", &local)] {
+        registry
+            .post(
+                "/v1/deployments",
+                json!({ "model": "acme/bot", "version": v1, "region": region, "url": up.url() }),
+            )
+            .await;
+    }
+    registry.promote(v1).await;
+    registry
+        .call(
+            reqwest::Method::PUT,
+            "/v1/routes/bot",
+            Some(json!({
+                "target": "acme/bot:production",
+                "regions": { "order": ["us-east", "ap-south"] },
+                "timeouts": { "stream_idle_ms": 2500 },
+                "health": { "consecutive_failures": 1, "failure_rate": { "failure_percent": 40 } },
+            })),
+        )
+        .await;
+    let state = tempfile::tempdir().unwrap();
+    let router = RegistryRouter::start_with_token(&registry.base(), state.path().join("s"), registry.token())
+        .await
+        .unwrap();
+    let snap = router.handle.snapshot();
+    let route = snap.route("bot").unwrap();
+    let regions = route
+        .regions
+        .as_ref()
+        .expect("the route's region order is compiled in");
+    assert_eq!(regions.order, vec!["us-east", "ap-south"]);
+    assert_eq!(route.timeouts.stream_idle_ms, Some(2500));
+    assert_eq!(
+        route.health.failure_rate.as_ref().map(|f| f.failure_percent),
+        Some(40)
+    );
+    // The local region serves first; when it fails, us-east (listed first) is next, not
+    // ap-south (which comes first in the deployments).
+    let r = router.chat().await;
+    assert_eq!((r.status, r.upstream().as_str()), (200, "eu-a"), "{}", r.body);
+    local.set(crate::support::Mode::Status(500));
+    let r = router.chat().await;
+    assert_eq!(
+        (r.status, r.upstream().as_str(), r.attempts()),
+        (200, "us-a", 2),
+        "{}",
+        r.body
+    );
+
+    // `listed`: the route's first region leads for every router, even in eu-west.
+    local.set(crate::support::Mode::Ok);
+    registry
+        .call(
+            reqwest::Method::PUT,
+            "/v1/routes/bot",
+            Some(json!({
+                "target": "acme/bot:production",
+                "regions": { "order": ["ap-south", "us-east"], "local": "listed" },
+            })),
+        )
+        .await;
+    eventually(Duration::from_secs(10), "ap-south leads", || async {
+        router.chat().await.upstream() == "ap-a"
+    })
+    .await;
+    router.stop().await;
 }

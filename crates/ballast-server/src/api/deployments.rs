@@ -38,12 +38,7 @@ pub(super) async fn delete(
     p: Params,
     rc: RequestCtx,
 ) -> ApiResult<StatusCode> {
-    let v = p.get("id");
-    let id = v
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1 && *n <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::invalid("id", format!("id must be a positive integer, got {v:?}")))?;
+    let id = p.id("id")?;
     state.store.remove_deployment(&rc.ctx, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

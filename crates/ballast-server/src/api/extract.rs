@@ -14,7 +14,8 @@ use super::REQUEST_ID;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Header naming the actor (until token authentication replaces it).
+/// Header naming the actor when authentication is off (with auth on, the token's principal is
+/// the actor and this header is ignored).
 pub const ACTOR: &str = "x-ballast-actor";
 /// Header carrying an idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -70,7 +71,9 @@ fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
 
 fn build(parts: &Parts, state: &AppState, body: &[u8]) -> Result<RequestCtx, ApiError> {
     let h = &parts.headers;
+    let principal = parts.extensions.get::<crate::auth::Principal>();
     let actor = match header(h, ACTOR)? {
+        _ if principal.is_some_and(|p| p.enforced) => principal.map(|p| p.name.clone()).unwrap_or_default(),
         Some(a) if printable(a, 128) => a.to_owned(),
         Some(_) => {
             return Err(ApiError::invalid(
@@ -225,6 +228,15 @@ impl Params {
         self.0.get(name).map_or("", String::as_str)
     }
 
+    /// The path parameter `name` as a positive id (database ids are at most `i64::MAX`).
+    pub fn id(&self, name: &str) -> Result<u64, ApiError> {
+        let v = self.get(name);
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1 && i64::try_from(*n).is_ok())
+            .ok_or_else(|| ApiError::invalid(name, format!("{name} must be a positive integer, got {v:?}")))
+    }
+
     /// The model named by `{ns}/{model}`.
     pub fn model(&self) -> Result<ModelName, ApiError> {
         parse_model(self.get("ns"), self.get("model"))
@@ -331,4 +343,26 @@ pub(super) fn with_etag<T: serde::Serialize>(
         resp.headers_mut().insert(axum::http::header::ETAG, v);
     }
     resp
+}
+
+/// The principal the request acts as (set by the authorization layer; with auth off, an
+/// unchecked principal that may do everything).
+#[derive(Debug, Clone)]
+pub struct Caller(pub crate::auth::Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<crate::auth::Principal>() {
+            Some(p) => Ok(Self(p.clone())),
+            None if !state.auth.enforced() => Ok(Self(crate::auth::Principal::unchecked(
+                state.config.default_actor.clone(),
+            ))),
+            None => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this request needs a token: send Authorization: Bearer <token>",
+            )),
+        }
+    }
 }

@@ -156,6 +156,15 @@ pub(super) async fn attach(
             .field("sha256"));
         }
     };
+    // Mark the blob as used, so garbage collection keeps it until the file row commits (see
+    // `crate::gc`); a blob swept since the check above is reported missing.
+    if !state.blobs.touch(digest).await.map_err(blob_error)? {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("blob {digest} is not stored on this server; upload the file's bytes instead"),
+        )
+        .field("sha256"));
+    }
     if let Some(want) = m.body.size {
         if want != size {
             return Err(ApiError::invalid(
@@ -330,7 +339,15 @@ pub(super) async fn manifest(State(state): State<AppState>, p: Params) -> ApiRes
 
 pub(super) async fn blob_info(State(state): State<AppState>, p: Params) -> ApiResult<Response> {
     let digest: Sha256Digest = p.get("digest").parse()?;
-    match state.blobs.stat(digest).await.map_err(blob_error)? {
+    // A client that finds the blob here may attach it next: the touch keeps it from garbage
+    // collection for the grace period.
+    let stored = state.blobs.touch(digest).await.map_err(blob_error)?;
+    let size = if stored {
+        state.blobs.stat(digest).await.map_err(blob_error)?
+    } else {
+        None
+    };
+    match size {
         Some(size) => {
             let mut r = Json(BlobInfo {
                 sha256: digest.to_hex(),

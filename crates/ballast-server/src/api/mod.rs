@@ -1,21 +1,26 @@
 //! The HTTP API: routes, the request context every handler gets, and cross-cutting layers
 //! (request ids, metrics, panic safety net).
 
+mod access;
 mod aliases;
 mod audit;
+mod compare;
 mod deployments;
 mod events;
 mod extract;
 mod files;
-mod mlflow;
+pub(crate) mod mlflow;
 mod models;
+mod policies;
+mod retention;
 mod routes;
 mod routing;
 mod system;
+mod transitions;
 mod versions;
 mod webhooks;
 
-pub use extract::{parse_model, Mutation, RequestCtx};
+pub use extract::{parse_model, Caller, Mutation, RequestCtx, ACTOR as ACTOR_HEADER};
 
 use std::time::Instant;
 
@@ -71,6 +76,42 @@ pub fn router(state: AppState) -> Router {
             put(files::upload).get(files::download).delete(files::delete),
         )
         .route("/v1/blobs/sha256/{digest}", get(files::blob_info))
+        .route(
+            "/v1/policies/{ns}",
+            get(policies::get_namespace)
+                .put(policies::set_namespace)
+                .delete(policies::delete_namespace),
+        )
+        .route(
+            &format!("{model}/policy"),
+            get(policies::get_model)
+                .put(policies::set_model)
+                .delete(policies::delete_model),
+        )
+        .route(&format!("{model}/policy/effective"), get(policies::effective))
+        .route(&format!("{model}/compare"), get(compare::compare))
+        .route("/v1/transition-requests", get(transitions::list_all))
+        .route(&format!("{model}/transition-requests"), get(transitions::list))
+        .route(
+            &format!("{model}/transition-requests/{{id}}"),
+            get(transitions::get),
+        )
+        .route(
+            &format!("{model}/transition-requests/{{id}}/approve"),
+            post(transitions::approve),
+        )
+        .route(
+            &format!("{model}/transition-requests/{{id}}/reject"),
+            post(transitions::reject),
+        )
+        .route(
+            &format!("{model}/transition-requests/{{id}}/complete"),
+            post(transitions::complete),
+        )
+        .route(
+            &format!("{model}/transition-requests/{{id}}/cancel"),
+            post(transitions::cancel),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/events", get(events::list))
@@ -92,9 +133,38 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
             post(webhooks::redeliver),
         )
+        .route(
+            "/v1/retention/{ns}",
+            get(retention::get_namespace)
+                .put(retention::set_namespace)
+                .delete(retention::delete_namespace),
+        )
+        .route(
+            &format!("{model}/retention"),
+            get(retention::get_model)
+                .put(retention::set_model)
+                .delete(retention::delete_model),
+        )
+        .route("/v1/gc", post(retention::run_gc))
+        .route("/v1/whoami", get(access::whoami))
+        .route("/v1/tokens", post(access::create_token).get(access::list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(access::revoke_token))
+        .route("/v1/roles", post(access::grant_role).get(access::list_roles))
+        .route(
+            "/v1/roles/{principal}/{namespace}/{role}",
+            axum::routing::delete(access::revoke_role),
+        )
         .merge(mlflow::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::authz::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::gc::track_changes,
+        ))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -105,6 +175,11 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         }))
         .with_state(state)
+}
+
+/// An authorization failure on an MLflow route, in MLflow's error format.
+pub(crate) fn mlflow_error(e: ApiError) -> Response {
+    mlflow::MlError::from(e).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -7,12 +7,14 @@ use axum::Json;
 use ballast_api::{CreateModel, ModelList, UpdateModel};
 use ballast_store::ModelFilter;
 
-use super::extract::{tag_filter, with_etag, Params, QueryPairs};
+use super::extract::{tag_filter, with_etag, Caller, Params, QueryPairs};
 use super::{Mutation, RequestCtx};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub(super) async fn create(State(state): State<AppState>, m: Mutation<CreateModel>) -> ApiResult<Response> {
+    let name = ballast_core::ModelName::parse(&m.body.name).map_err(crate::ApiError::from)?;
+    crate::governance::check_model_name(&state, &name).await?;
     let model = state.store.create_model(&m.rc.ctx, m.body).await?;
     Ok(with_etag(StatusCode::CREATED, model.revision, &model))
 }
@@ -22,13 +24,18 @@ pub(super) async fn get(State(state): State<AppState>, p: Params) -> ApiResult<R
     Ok(with_etag(StatusCode::OK, model.revision, &model))
 }
 
-pub(super) async fn list(State(state): State<AppState>, q: QueryPairs) -> ApiResult<Json<ModelList>> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    q: QueryPairs,
+) -> ApiResult<Json<ModelList>> {
     q.only(&["namespace", "prefix", "tag", "limit", "cursor"])?;
     if let Some(ns) = q.one("namespace") {
         ballast_core::name::validate_namespace(ns)?;
     }
     let filter = ModelFilter {
         namespace: q.one("namespace").map(str::to_owned),
+        namespaces: caller.readable_namespaces(),
         prefix: q.one("prefix").map(str::to_owned),
         tag: q.one("tag").map(tag_filter).transpose()?,
         limit: q.limit()?,

@@ -154,17 +154,21 @@ pub(super) async fn stage(
     State(state): State<AppState>,
     p: Params,
     m: Mutation<SetStage>,
-) -> ApiResult<Json<StageChange>> {
-    let name = p.model()?;
-    let number = p.number()?;
-    let current = state.store.get_version(&name, number).await?;
-    // The governance hook: policy checks and approvals decide before the store moves anything.
-    state.gate.check(&m.rc.ctx, &current, m.body.stage).await?;
-    let change = state
-        .store
-        .set_stage(&m.rc.ctx, &name, number, m.body.stage, m.body.comment, m.rc.pre)
-        .await?;
-    Ok(Json(change))
+) -> ApiResult<Response> {
+    // Governance decides: without a policy the version moves (200); under one, the gates are
+    // evaluated and a transition request records them (202 while approvals are pending, 422
+    // `gate_failed` when a gate fails).
+    let outcome = crate::governance::change_stage(
+        &state,
+        &m.rc.ctx,
+        &p.model()?,
+        p.number()?,
+        m.body.stage,
+        m.body.comment,
+        m.rc.pre,
+    )
+    .await?;
+    Ok(crate::governance::stage_response(outcome))
 }
 
 pub(super) async fn rollback(

@@ -11,14 +11,6 @@ use super::{Mutation, RequestCtx};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-fn id(p: &Params, name: &str) -> ApiResult<u64> {
-    let v = p.get(name);
-    v.parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1 && *n <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::invalid(name, format!("{name} must be a positive integer, got {v:?}")))
-}
-
 pub(super) async fn create(State(state): State<AppState>, m: Mutation<CreateWebhook>) -> ApiResult<Response> {
     if reqwest::Url::parse(m.body.url.trim()).is_err() {
         return Err(ApiError::invalid(
@@ -35,7 +27,7 @@ pub(super) async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<We
 }
 
 pub(super) async fn get(State(state): State<AppState>, p: Params) -> ApiResult<Json<Webhook>> {
-    Ok(Json(state.store.get_webhook(id(&p, "id")?).await?))
+    Ok(Json(state.store.get_webhook(p.id("id")?).await?))
 }
 
 pub(super) async fn delete(
@@ -43,12 +35,12 @@ pub(super) async fn delete(
     p: Params,
     rc: RequestCtx,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_webhook(&rc.ctx, id(&p, "id")?).await?;
+    state.store.delete_webhook(&rc.ctx, p.id("id")?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn test(State(state): State<AppState>, p: Params, rc: RequestCtx) -> ApiResult<Response> {
-    let d = state.store.ping_webhook(&rc.ctx, id(&p, "id")?).await?;
+    let d = state.store.ping_webhook(&rc.ctx, p.id("id")?).await?;
     Ok((StatusCode::ACCEPTED, Json(d)).into_response())
 }
 
@@ -73,17 +65,14 @@ pub(super) async fn deliveries(
     Ok(Json(
         state
             .store
-            .list_deliveries(id(&p, "id")?, status, q.limit()?)
+            .list_deliveries(p.id("id")?, status, q.limit()?)
             .await?,
     ))
 }
 
 pub(super) async fn delivery(State(state): State<AppState>, p: Params) -> ApiResult<Json<Delivery>> {
     Ok(Json(
-        state
-            .store
-            .get_delivery(id(&p, "id")?, id(&p, "delivery")?)
-            .await?,
+        state.store.get_delivery(p.id("id")?, p.id("delivery")?).await?,
     ))
 }
 
@@ -94,7 +83,7 @@ pub(super) async fn redeliver(
 ) -> ApiResult<Response> {
     let d = state
         .store
-        .redeliver(&rc.ctx, id(&p, "id")?, id(&p, "delivery")?)
+        .redeliver(&rc.ctx, p.id("id")?, p.id("delivery")?)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(d)).into_response())
 }

@@ -19,10 +19,15 @@ use tokio::task::JoinHandle;
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// Client without any default header.
+    /// Client whose only default header is the test principal's bearer token (none with auth off).
     pub client: reqwest::Client,
-    /// Actor sent as `x-ballast-actor` by the request shortcuts.
+    /// The principal the request shortcuts act as (a token's principal with auth on, the
+    /// `x-ballast-actor` header with auth off); change it with [`TestApp::act_as`].
     pub actor: String,
+    /// The admin token written on first start (empty with auth off).
+    pub admin_token: String,
+    /// The bearer token of `actor` (empty with auth off).
+    pub token: String,
     dir: TempDir,
     config: Config,
     shutdown: Option<oneshot::Sender<()>>,
@@ -48,25 +53,71 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 async fn start(dir: TempDir, config: Config) -> TestApp {
+    start_with_token(dir, config, None).await
+}
+
+async fn start_with_token(dir: TempDir, config: Config, token: Option<String>) -> TestApp {
     let server = Server::bind(config.clone()).await.expect("bind");
     let addr = server.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
         let _ = rx.await;
     }));
+    let base = format!("http://{addr}");
+    let auth_on = config.auth == ballast_server::auth::AuthMode::On;
+    let admin_token = if auth_on {
+        std::fs::read_to_string(dir.path().join("admin.token"))
+            .expect("the server writes admin.token on first start")
+            .trim()
+            .to_owned()
+    } else {
+        String::new()
+    };
+    let token = match token {
+        Some(t) => t,
+        None if auth_on => create_token(&base, &admin_token, "tester", &[("*", "admin")]).await,
+        None => String::new(),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if auth_on {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .default_headers(headers)
         .build()
         .expect("client");
     TestApp {
-        base: format!("http://{addr}"),
+        base,
         client,
         actor: "tester".into(),
+        admin_token,
+        token,
         dir,
         config,
         shutdown: Some(tx),
         task: Some(task),
     }
+}
+
+/// Creates a token for `principal` with `(namespace, role)` grants, using `admin_token`.
+pub async fn create_token(base: &str, admin_token: &str, principal: &str, roles: &[(&str, &str)]) -> String {
+    let roles: Vec<Value> = roles
+        .iter()
+        .map(|(ns, role)| json!({ "namespace": ns, "role": role }))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(admin_token)
+        .json(&json!({ "principal": principal, "roles": roles }))
+        .send()
+        .await
+        .expect("send");
+    let created: Value = ok(r, StatusCode::CREATED).await;
+    created["secret"].as_str().expect("secret").to_owned()
 }
 
 impl TestApp {
@@ -118,9 +169,13 @@ impl TestApp {
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
         let TestApp {
-            dir, config, actor, ..
+            dir,
+            config,
+            actor,
+            token,
+            ..
         } = self;
-        let mut app = start(dir, config).await;
+        let mut app = start_with_token(dir, config, (!token.is_empty()).then_some(token)).await;
         app.actor = actor;
         app
     }
@@ -129,11 +184,22 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    /// A request with the test's actor.
+    /// Acts as `principal` from now on (with auth on: a new token holding admin on `*`).
+    pub async fn act_as(&mut self, principal: &str) {
+        if !self.admin_token.is_empty() {
+            self.token = create_token(&self.base, &self.admin_token, principal, &[("*", "admin")]).await;
+        }
+        principal.clone_into(&mut self.actor);
+    }
+
+    /// A request as the test's actor.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .header("x-ballast-actor", &self.actor)
+        let rb = self.client.request(method, self.url(path));
+        if self.token.is_empty() {
+            rb.header("x-ballast-actor", &self.actor)
+        } else {
+            rb.bearer_auth(&self.token)
+        }
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {
@@ -224,7 +290,16 @@ impl TestApp {
     }
 
     /// The whole audit trail, read page by page.
+    /// The whole audit trail, without the access-control entries (tokens, roles) that the
+    /// harness itself creates.
     pub async fn audit_all(&self) -> Vec<AuditEntry> {
+        let mut all = self.audit_everything().await;
+        all.retain(|e| !is_access_setup(&e.action));
+        all
+    }
+
+    /// The whole audit trail.
+    pub async fn audit_everything(&self) -> Vec<AuditEntry> {
         let mut out = Vec::new();
         let mut after = 0u64;
         loop {
@@ -236,6 +311,11 @@ impl TestApp {
             }
         }
     }
+}
+
+/// Whether an audit action or event type is the harness's access-control setup.
+pub fn is_access_setup(action: &str) -> bool {
+    action.starts_with("token.") || action.starts_with("role.")
 }
 
 /// Asserts the status and decodes the JSON body, showing the body when either fails.

@@ -401,9 +401,12 @@ fn cases() -> Vec<Case> {
         .json(&json!({ "version": 2 }))
         .header("if-match", "\"1\""),
         // Identity headers.
-        case(M::POST, "/v1/models", BAD, "invalid_argument")
+        case(M::POST, "/v1/models", StatusCode::UNAUTHORIZED, "unauthenticated")
             .json(&json!({ "name": "acme/x" }))
-            .header("x-ballast-actor", &"a".repeat(200)),
+            .header("authorization", "Bearer blst_not-a-token"),
+        case(M::POST, "/v1/models", StatusCode::UNAUTHORIZED, "unauthenticated")
+            .json(&json!({ "name": "acme/x" }))
+            .header("authorization", "Basic dXNlcjpwYXNz"),
         case(M::POST, "/v1/models", BAD, "invalid_argument")
             .json(&json!({ "name": "acme/x" }))
             .header("idempotency-key", &"k".repeat(300)),
@@ -576,9 +579,10 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 /// Returns what the server answered (possibly nothing).
 async fn truncated_put(app: &TestApp, path: &str, announced: usize, sent: &[u8]) -> String {
     let addr = app.base.trim_start_matches("http://").to_owned();
+    let token = &app.token;
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
-        "PUT {path} HTTP/1.1\r\nhost: {addr}\r\nx-ballast-actor: tester\r\ncontent-length: {announced}\r\n\r\n"
+        "PUT {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-length: {announced}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(sent).await.unwrap();

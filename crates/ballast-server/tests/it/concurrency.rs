@@ -51,11 +51,11 @@ async fn concurrent_creates_get_gap_free_numbers() {
     assert_eq!(m.latest_version, 320);
     let listed = crate::listing::walk_versions(&app, "race/numbers", &[], 1000).await;
     assert_eq!(listed, (1..=320).rev().collect::<Vec<u64>>());
-    // Requests without x-ballast-actor are recorded as the default actor.
+    // Changes are recorded as the token's principal.
     let trail = app.audit_all().await;
     let creates: Vec<_> = trail.iter().filter(|e| e.action == "version.create").collect();
     assert_eq!(creates.len(), 320);
-    assert!(creates.iter().all(|e| e.actor == "anonymous"));
+    assert!(creates.iter().all(|e| e.actor == "tester"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,13 +3,17 @@
 //! on its own server (`app::spawn_app`) with a fresh data directory.
 
 mod app;
+mod authz;
 mod bad_input;
 mod concurrency;
 mod downloads;
 mod durability;
 mod events;
+mod governance;
 mod idempotency;
 mod lifecycle;
 mod listing;
 mod mlflow;
+mod retention;
 mod routing;
+mod s3;

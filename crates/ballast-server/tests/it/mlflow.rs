@@ -184,13 +184,40 @@ async fn mlflow_registered_models_crud_and_errors() {
         json!({ "name": "Fraud Model", "key": "team" }),
     )
     .await;
-    fails(
+    // As MLflow's server: deleting a tag that is not set succeeds and changes nothing.
+    ok(
         &app,
         Method::DELETE,
         "registered-models/delete-tag",
         json!({ "name": "Fraud Model", "key": "team" }),
+    )
+    .await;
+    fails(
+        &app,
+        Method::DELETE,
+        "registered-models/delete-tag",
+        json!({ "name": "No Such Model", "key": "team" }),
         404,
         "RESOURCE_DOES_NOT_EXIST",
+    )
+    .await;
+    // An unknown attribute is refused even when nothing could match it.
+    fails(
+        &app,
+        Method::GET,
+        "registered-models/search",
+        json!({ "filter": "nosuch = 'x'" }),
+        400,
+        "INVALID_PARAMETER_VALUE",
+    )
+    .await;
+    fails(
+        &app,
+        Method::GET,
+        "model-versions/search",
+        json!({ "filter": "name = 'No Such Model' AND nosuch = 'x'" }),
+        400,
+        "INVALID_PARAMETER_VALUE",
     )
     .await;
     let got = ok(
@@ -730,15 +757,51 @@ async fn mlflow_stages_aliases_tags_and_version_search() {
         json!({ "name": "m", "alias": "champion" }),
     )
     .await;
+    // MLflow's server answers an unset alias with INVALID_PARAMETER_VALUE (400).
     fails(
         &app,
         Method::GET,
         "registered-models/alias",
         json!({ "name": "m", "alias": "champion" }),
-        404,
-        "RESOURCE_DOES_NOT_EXIST",
+        400,
+        "INVALID_PARAMETER_VALUE",
     )
     .await;
+    // Deleting it again succeeds, as in MLflow; `latest` is the highest version and reserved.
+    ok(
+        &app,
+        Method::DELETE,
+        "registered-models/alias",
+        json!({ "name": "m", "alias": "champion" }),
+    )
+    .await;
+    let latest = ok(
+        &app,
+        Method::GET,
+        "registered-models/alias",
+        json!({ "name": "m", "alias": "latest" }),
+    )
+    .await;
+    let highest = ok(&app, Method::GET, "registered-models/get", json!({ "name": "m" })).await;
+    let top = highest["registered_model"]["latest_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["version"].as_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    assert_eq!(latest["model_version"]["version"], top.to_string());
+    for reserved in ["latest", "LATEST", "v1"] {
+        fails(
+            &app,
+            Method::POST,
+            "registered-models/alias",
+            json!({ "name": "m", "alias": reserved, "version": "1" }),
+            400,
+            "INVALID_PARAMETER_VALUE",
+        )
+        .await;
+    }
 
     ok(
         &app,
@@ -786,10 +849,25 @@ async fn mlflow_stages_aliases_tags_and_version_search() {
         &app,
         Method::GET,
         "model-versions/search",
-        json!({ "filter": "name = 'm'" }),
+        json!({ "filter": "name = 'm'", "order_by": ["version_number DESC"] }),
     )
     .await;
     assert_eq!(hits(&s), ["3", "2", "1"]);
+    // Without order_by, as MLflow's server: the most recently updated first.
+    let s = ok(
+        &app,
+        Method::GET,
+        "model-versions/search",
+        json!({ "filter": "name = 'm'" }),
+    )
+    .await;
+    let updated: Vec<i64> = s["model_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["last_updated_timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(updated.windows(2).all(|w| w[0] >= w[1]), "{updated:?}");
     let s = ok(
         &app,
         Method::GET,
@@ -810,7 +888,7 @@ async fn mlflow_stages_aliases_tags_and_version_search() {
         &app,
         Method::GET,
         "model-versions/search",
-        json!({ "filter": "source_path LIKE 's3://b/%'", "max_results": 2 }),
+        json!({ "filter": "source_path LIKE 's3://b/%'", "max_results": 2, "order_by": ["version_number DESC"] }),
     )
     .await;
     assert_eq!(hits(&s), ["3", "2"]);
@@ -993,7 +1071,10 @@ async fn mlflow_stage_moves_pass_the_governance_gate() {
     let store = ballast_store::SqliteStore::open(&dir.path().join("ballast.db")).unwrap();
     let blobs = ballast_blob::LocalBlobStore::open(dir.path().join("blobs")).unwrap();
     let mut state = ballast_server::AppState::new(
-        ballast_server::Config::default(),
+        ballast_server::Config {
+            auth: ballast_server::auth::AuthMode::Off,
+            ..ballast_server::Config::default()
+        },
         Arc::new(store) as Arc<dyn ballast_store::Store>,
         Arc::new(blobs),
     );
@@ -1040,4 +1121,99 @@ async fn mlflow_stage_moves_pass_the_governance_gate() {
     .await
     .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn the_openapi_document_carries_the_mlflow_error_table() {
+    let app = spawn_app().await;
+    let r = app
+        .req(Method::GET, "/v1/openapi.json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.expect("json");
+    let table = &doc["x-mlflow-errors"];
+    assert_eq!(table["body"]["required"], json!(["error_code", "message"]));
+    let codes = table["codes"].as_array().expect("codes");
+    let row = |ballast: &str| {
+        codes
+            .iter()
+            .find(|c| c["ballast_code"] == ballast)
+            .map(|c| (c["error_code"].clone(), c["status"].clone()))
+    };
+    assert_eq!(
+        row("already_exists"),
+        Some((json!("RESOURCE_ALREADY_EXISTS"), json!(400)))
+    );
+    assert_eq!(
+        row("not_found"),
+        Some((json!("RESOURCE_DOES_NOT_EXIST"), json!(404)))
+    );
+    assert_eq!(
+        row("invalid_transition"),
+        Some((json!("INVALID_STATE"), json!(400)))
+    );
+    assert!(codes
+        .iter()
+        .any(|c| c["error_code"] == "NOT_IMPLEMENTED" && c["status"] == 501));
+}
+
+#[tokio::test]
+async fn mlflow_name_searches_find_mapped_native_and_namespaced_names() {
+    let app = spawn_app().await;
+    for name in ["Fraud Model", "fraud-model-b", "team-x/fraud-model"] {
+        ok(
+            &app,
+            Method::POST,
+            "registered-models/create",
+            json!({ "name": name }),
+        )
+        .await;
+    }
+    // A native model in the default namespace answers to its model part.
+    let r = app
+        .req(Method::POST, "/v1/models")
+        .json(&json!({ "name": "mlflow/fraud-native" }))
+        .send()
+        .await
+        .expect("send");
+    assert!(r.status().is_success(), "{}", r.status());
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> = v["registered_models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let search = |filter: &str| {
+        ok(
+            &app,
+            Method::GET,
+            "registered-models/search",
+            json!({ "filter": filter }),
+        )
+    };
+    assert_eq!(names(&search("name LIKE 'Fraud%'").await), ["Fraud Model"]);
+    assert_eq!(
+        names(&search("name LIKE 'fraud%'").await),
+        ["fraud-model-b", "fraud-native"]
+    );
+    assert_eq!(
+        names(&search("name LIKE 'team-x/%'").await),
+        ["team-x/fraud-model"]
+    );
+    assert_eq!(names(&search("name = 'Fraud Model'").await), ["Fraud Model"]);
+    assert_eq!(
+        names(&search("name ILIKE 'fraud%'").await),
+        ["Fraud Model", "fraud-model-b", "fraud-native"]
+    );
+    assert_eq!(
+        names(&search("name LIKE 'fraud_model%'").await),
+        ["fraud-model-b"]
+    );
+    assert!(names(&search("name = 'fraud'").await).is_empty());
 }

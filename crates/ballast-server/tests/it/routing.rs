@@ -192,6 +192,22 @@ async fn routes_crud_validation_and_events() {
             "bot",
             json!({ "target": "acme/bot:production", "retry": {"max_attempts": 0} }),
         ),
+        (
+            "bot",
+            json!({ "target": "acme/bot:production", "regions": {"order": []} }),
+        ),
+        (
+            "bot",
+            json!({ "target": "acme/bot:production", "regions": {"order": ["eu", "eu"]} }),
+        ),
+        (
+            "bot",
+            json!({ "target": "acme/bot:production", "timeouts": {"stream_idle_ms": 0} }),
+        ),
+        (
+            "bot",
+            json!({ "target": "acme/bot:production", "health": {"failure_rate": {"failure_percent": 101}} }),
+        ),
         ("bad name!", json!({ "target": "acme/bot:production" })),
         // A cycle: bot-small -> bot -> bot-small.
         (
@@ -207,6 +223,15 @@ async fn routes_crud_validation_and_events() {
             .unwrap();
         err(r, StatusCode::BAD_REQUEST, "invalid_argument").await;
     }
+    let r = app
+        .put_json(
+            "/v1/routes/bot",
+            &json!({ "target": "acme/bot:production", "regions": {"order": ["eu"], "local": "last"} }),
+        )
+        .send()
+        .await
+        .unwrap();
+    err(r, StatusCode::BAD_REQUEST, "invalid_json").await;
     let r = app
         .put_json("/v1/routes/bot", &json!({ "target": "acme/bot@Bad-Alias" }))
         .send()
@@ -228,7 +253,8 @@ async fn routes_crud_validation_and_events() {
         list.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         vec!["bot", "bot-small"]
     );
-    assert_eq!(list.routes[0].revision, 2);
+    assert_eq!(list.routes[0].revision, 2, "refused changes change nothing");
+    assert_eq!(list.routes[0].spec.regions, None);
     let r = app.delete("/v1/routes/bot").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = app.delete("/v1/routes/bot").send().await.unwrap();
@@ -427,4 +453,55 @@ async fn long_poll_wakes_on_promotion_and_times_out_with_304() {
     err(r, StatusCode::BAD_REQUEST, "invalid_argument").await;
     let r = app.get("/v1/routing/snapshot?bogus=1").send().await.unwrap();
     err(r, StatusCode::BAD_REQUEST, "invalid_argument").await;
+}
+
+#[tokio::test]
+async fn a_routes_region_order_and_health_settings_are_compiled_into_the_snapshot() {
+    let app = spawn_app().await;
+    app.create_model("acme/bot").await;
+    let v1 = app.sealed_version("acme/bot", b"one").await;
+    promote(&app, "acme/bot", v1).await;
+    deploy(&app, "acme/bot", v1, "ap-south", "http://127.0.0.3:8000").await;
+    deploy(&app, "acme/bot", v1, "eu-west", "http://127.0.0.1:8000").await;
+    let r = set_route(
+        &app,
+        "bot",
+        &json!({
+            "target": "acme/bot:production",
+            "regions": { "order": ["eu-west", "us-east"], "local": "listed" },
+            "timeouts": { "stream_idle_ms": 1500 },
+            "health": { "failure_rate": { "window_ms": 5000, "min_requests": 10, "failure_percent": 30 } },
+        }),
+    )
+    .await;
+    let regions = r.spec.regions.clone().unwrap();
+    assert_eq!(regions.order, vec!["eu-west", "us-east"]);
+    assert_eq!(regions.local, ballast_api::routing::LocalRegionPolicy::Listed);
+    let s = snapshot(&app).await;
+    let route = s.route("bot").unwrap();
+    assert_eq!(route.regions, r.spec.regions);
+    assert_eq!(route.timeouts.stream_idle_ms, Some(1500));
+    let f = route.health.failure_rate.clone().unwrap();
+    assert_eq!((f.window_ms, f.min_requests, f.failure_percent), (5000, 10, 30));
+
+    // Without the fields: nothing in the snapshot (each router's own region first, router-wide
+    // health settings), and an older snapshot's digest rules are unchanged.
+    set_route(&app, "bot", &json!({ "target": "acme/bot:production" })).await;
+    let s = snapshot(&app).await;
+    let route = s.route("bot").unwrap();
+    assert_eq!(route.regions, None);
+    assert_eq!(route.timeouts.stream_idle_ms, None);
+    assert_eq!(route.health.failure_rate, None);
+    let text = app
+        .get("/v1/routing/snapshot")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("stream_idle_ms") && !text.contains("failure_rate") && !text.contains("\"order\""),
+        "{text}"
+    );
 }

@@ -88,8 +88,10 @@ pub(super) fn append(
     data: &Value,
 ) -> StoreResult<i64> {
     let kind = event_type(action);
-    // `webhook/ID` and `route/NAME` also parse as a model name: webhook events concern no model.
-    let (model, version, alias) = if action.starts_with("webhook.") || action.starts_with("route.") {
+    // `webhook/ID`, `route/NAME`, `token/ID` and `principal/NAME` also parse as a model name:
+    // these events concern no model.
+    let no_model = ["webhook.", "route.", "token.", "role."];
+    let (model, version, alias) = if no_model.iter().any(|p| action.starts_with(p)) {
         (None, None, None)
     } else {
         parse_subject(subject)

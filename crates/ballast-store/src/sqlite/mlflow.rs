@@ -6,12 +6,13 @@ use async_trait::async_trait;
 use ballast_api::{CreateModel, CreateVersion, Tags};
 use ballast_core::{ErrorCode, ModelName, Stage};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::query::{self, to_i64, to_u64};
 use super::{ops, SqliteStore};
 use crate::mlflow::{
-    MlflowModel, MlflowObject, MlflowStore, MlflowVersion, MlflowVersionInfo, NewMlflowVersion,
+    MlflowModel, MlflowModelEntry, MlflowObject, MlflowStore, MlflowVersion, MlflowVersionInfo,
+    NewMlflowVersion,
 };
 use crate::{Ctx, Precondition, StoreError, StoreResult};
 
@@ -142,6 +143,54 @@ fn load_mlflow_model(conn: &Connection, id: i64, default_ns: &str) -> StoreResul
         name: display_name(conn, id, &name, default_ns)?,
         model,
     })
+}
+
+/// Every model's MLflow name, tags and timestamps in one query (a search filters and sorts on
+/// these, and loads the full models of the page it answers only).
+fn model_index(
+    conn: &Connection,
+    default_ns: &str,
+    prefix: Option<&str>,
+) -> StoreResult<Vec<MlflowModelEntry>> {
+    // The prefix is compared in SQL against the MLflow name as `display_name` derives it, so
+    // a search by name prefix never materialises the models that cannot match.
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.namespace, m.name, m.tags, m.created_at, m.updated_at, n.mlflow_name
+         FROM models m LEFT JOIN mlflow_names n ON n.model_id = m.id
+         WHERE ?1 IS NULL
+            OR substr(CASE WHEN n.mlflow_name IS NOT NULL THEN n.mlflow_name
+                           WHEN m.namespace = ?2 THEN m.name
+                           ELSE m.namespace || '/' || m.name END, 1, length(?1)) = ?1
+         ORDER BY m.id",
+    )?;
+    let rows = stmt.query_map(params![prefix, default_ns], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (ns, model, tags, created_at, updated_at, mapped) = row?;
+        let name = ModelName::new(&ns, &model)?;
+        let display = match mapped {
+            Some(n) => n,
+            None if ns == default_ns => model,
+            None => name.to_string(),
+        };
+        out.push(MlflowModelEntry {
+            name: display,
+            model: name,
+            tags: serde_json::from_str(&tags)?,
+            created_at,
+            updated_at,
+        });
+    }
+    Ok(out)
 }
 
 fn load_info(conn: &Connection, id: i64, number: u64) -> StoreResult<MlflowVersionInfo> {
@@ -360,16 +409,7 @@ fn delete_version(conn: &Connection, ctx: &Ctx, name: &ModelName, number: u64) -
             ),
         ));
     }
-    conn.prepare_cached("DELETE FROM versions WHERE model_id = ?1 AND number = ?2")?
-        .execute(params![id, to_i64(number)])?;
-    ops::record_change(
-        conn,
-        ctx,
-        "version.delete",
-        &format!("{name}/{number}"),
-        &json!({ "stage": v.stage, "digest": v.digest, "aliases": v.aliases, "files": v.files.len() }),
-        &Value::Null,
-    )
+    super::retention::delete_version(conn, ctx, id, name, &v, None)
 }
 
 fn object_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String)> {
@@ -448,6 +488,68 @@ impl MlflowStore for SqliteStore {
                 .collect()
         })
         .await
+    }
+
+    async fn mlflow_alias_version(
+        &self,
+        name: &str,
+        alias: &str,
+        default_ns: &str,
+    ) -> StoreResult<Option<MlflowVersion>> {
+        let (name, alias, ns) = (name.to_owned(), alias.to_owned(), default_ns.to_owned());
+        self.read(move |conn| {
+            let (id, ballast) = resolve(conn, &name, &ns)?;
+            let number: Option<i64> = conn
+                .prepare_cached("SELECT number FROM aliases WHERE model_id = ?1 AND alias = ?2")?
+                .query_row(params![id, alias], |r| r.get(0))
+                .optional()?;
+            number
+                .map(|n| load_mlflow_version(conn, id, &ballast, to_u64(n)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn mlflow_model_page(
+        &self,
+        models: Vec<MlflowModelEntry>,
+    ) -> StoreResult<Vec<(MlflowModel, Vec<MlflowVersion>)>> {
+        self.read(move |conn| {
+            let mut out = Vec::with_capacity(models.len());
+            for e in models {
+                // Deleted since the index was read: not part of the answer.
+                let id = match query::model_id(conn, &e.model) {
+                    Ok(id) => id,
+                    Err(err) if err.code == ErrorCode::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                let numbers: Vec<i64> = conn
+                    .prepare_cached("SELECT number FROM versions WHERE model_id = ?1 ORDER BY number")?
+                    .query_map([id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let versions = numbers
+                    .into_iter()
+                    .map(|n| load_mlflow_version(conn, id, &e.model, to_u64(n)))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let model = MlflowModel {
+                    name: e.name,
+                    model: query::load_model(conn, id)?,
+                };
+                out.push((model, versions));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mlflow_model_index(
+        &self,
+        default_ns: &str,
+        name_prefix: Option<&str>,
+    ) -> StoreResult<Vec<MlflowModelEntry>> {
+        let (ns, prefix) = (default_ns.to_owned(), name_prefix.map(str::to_owned));
+        self.read(move |conn| model_index(conn, &ns, prefix.as_deref()))
+            .await
     }
 
     async fn mlflow_create_model(

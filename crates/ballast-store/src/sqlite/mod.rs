@@ -6,11 +6,14 @@
 //! fails rolls back to its savepoint and changes nothing; a failed commit fails them all. Reads
 //! run on a small pool of read-only connections (WAL lets them proceed during writes).
 
+mod auth;
 mod cache;
 mod events;
+mod governance;
 mod mlflow;
 mod ops;
 mod query;
+mod retention;
 mod routing;
 
 use std::path::{Path, PathBuf};

@@ -239,6 +239,10 @@ pub(super) fn list_models(conn: &Connection, f: &ModelFilter) -> StoreResult<Mod
         args.push(ns.clone().into());
         sql += &format!(" AND namespace = ?{}", args.len());
     }
+    if let Some(list) = &f.namespaces {
+        args.push(serde_json::Value::from(list.clone()).to_string().into());
+        sql += &format!(" AND namespace IN (SELECT value FROM json_each(?{}))", args.len());
+    }
     if let Some(p) = &f.prefix {
         args.push(p.clone().into());
         let i = args.len();
@@ -436,6 +440,14 @@ pub(super) fn list_audit(conn: &Connection, f: &AuditFilter) -> StoreResult<Audi
         args.push(a.clone().into());
         sql += &format!(" AND actor = ?{}", args.len());
     }
+    if let Some(t) = &f.since {
+        args.push(t.clone().into());
+        sql += &format!(" AND at >= ?{}", args.len());
+    }
+    if let Some(t) = &f.until {
+        args.push(t.clone().into());
+        sql += &format!(" AND at < ?{}", args.len());
+    }
     if let Some(a) = &f.action {
         args.push(a.clone().into());
         sql += &format!(" AND action = ?{}", args.len());
@@ -472,6 +484,7 @@ pub(super) fn verify_audit(conn: &Connection) -> StoreResult<Result<u64, u64>> {
     let mut rows = stmt.query([])?;
     let mut prev = String::new();
     let mut count = 0u64;
+    let mut last = 0u64;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
         let s: Vec<String> = (1..=9).map(|i| r.get::<_, String>(i)).collect::<Result<_, _>>()?;
@@ -484,6 +497,17 @@ pub(super) fn verify_audit(conn: &Connection) -> StoreResult<Result<u64, u64>> {
         }
         prev = s[8].clone();
         count += 1;
+        last = to_u64(id);
+    }
+    // Every change also wrote an event naming its audit entry: entries cut from the end of the
+    // chain (which the chain alone cannot show) are missing there.
+    let newest_referenced: Option<i64> = conn.query_row(
+        "SELECT max(CAST(json_extract(data, '$.audit_id') AS INTEGER)) FROM outbox",
+        [],
+        |r| r.get(0),
+    )?;
+    if newest_referenced.is_some_and(|n| to_u64(n) > last) {
+        return Ok(Err(last + 1));
     }
     Ok(Ok(count))
 }

@@ -243,6 +243,7 @@ fn check_settings(name: &str, spec: &SetRoute) -> StoreResult<()> {
         retry: spec.retry.clone(),
         health: spec.health.clone(),
         failover: spec.failover.clone(),
+        regions: spec.regions.clone(),
     };
     if let Some(h) = &spec.sticky_header {
         route.sticky_header.clone_from(h);

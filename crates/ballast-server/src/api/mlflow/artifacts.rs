@@ -174,6 +174,13 @@ pub(crate) async fn source_files(
     if let Some(p) = proxy_path(&uri) {
         let files = files_under(state, &p).await?;
         if !files.is_empty() {
+            // The version will reference these blobs: touch them so that garbage collection
+            // keeps them even if the artifacts are deleted before the version commits.
+            for f in &files {
+                if let Ok(d) = f.sha256.parse::<Sha256Digest>() {
+                    state.blobs.touch(d).await?;
+                }
+            }
             return Ok((files, true));
         }
     }

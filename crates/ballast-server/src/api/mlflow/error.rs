@@ -71,9 +71,10 @@ pub(crate) fn mlflow_code(code: ErrorCode) -> (&'static str, u16) {
         ErrorCode::PermissionDenied => ("PERMISSION_DENIED", 403),
         ErrorCode::NotFound => ("RESOURCE_DOES_NOT_EXIST", 404),
         ErrorCode::AlreadyExists => ("RESOURCE_ALREADY_EXISTS", 400),
-        ErrorCode::Conflict | ErrorCode::InvalidTransition | ErrorCode::PreconditionFailed => {
-            ("INVALID_STATE", 400)
-        }
+        ErrorCode::Conflict
+        | ErrorCode::InvalidTransition
+        | ErrorCode::PreconditionFailed
+        | ErrorCode::GateFailed => ("INVALID_STATE", 400),
         ErrorCode::BlobCorrupt | ErrorCode::Internal => ("INTERNAL_ERROR", 500),
         ErrorCode::Unavailable => ("TEMPORARILY_UNAVAILABLE", 503),
     }
@@ -119,5 +120,59 @@ impl From<ValidationError> for MlError {
 impl From<ballast_blob::BlobError> for MlError {
     fn from(e: ballast_blob::BlobError) -> Self {
         ApiError::from(e).into()
+    }
+}
+
+/// The error table of the MLflow-compatible API, published in the OpenAPI document as the
+/// `x-mlflow-errors` extension: the body's shape and, for every Ballast code, the MLflow
+/// `error_code` and HTTP status it is answered with.
+pub(crate) fn error_table() -> serde_json::Value {
+    let mut codes: Vec<serde_json::Value> = ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            let (mlflow, status) = mlflow_code(*c);
+            json!({ "ballast_code": c.as_str(), "error_code": mlflow, "status": status })
+        })
+        .collect();
+    codes.push(json!({
+        "error_code": "NOT_IMPLEMENTED", "status": 501,
+        "when": "multipart artifact uploads (mlflow-artifacts mpu/*), as MLflow's own server without multipart"
+    }));
+    codes.push(json!({
+        "error_code": "ENDPOINT_NOT_FOUND", "status": 404,
+        "when": "an MLflow route this server does not serve"
+    }));
+    json!({
+        "description": "Errors of the MLflow-compatible API (/api/2.0/mlflow/…, /ajax-api/2.0/mlflow/…, /api/2.0/mlflow-artifacts/…) are answered as MLflow answers them: a body {\"error_code\", \"message\"} with MLflow's status mapping (RESOURCE_ALREADY_EXISTS is 400). A refused state change is INVALID_STATE with 400 rather than MLflow's 500, which its client would retry. See docs/mlflow.md.",
+        "body": {
+            "type": "object",
+            "required": ["error_code", "message"],
+            "properties": {
+                "error_code": { "type": "string" },
+                "message": { "type": "string" }
+            }
+        },
+        "codes": codes
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_table_lists_every_code_once() {
+        let table = error_table();
+        let codes = table["codes"].as_array().cloned().unwrap_or_default();
+        for c in ErrorCode::ALL {
+            let rows: Vec<_> = codes.iter().filter(|r| r["ballast_code"] == c.as_str()).collect();
+            assert_eq!(rows.len(), 1, "{c:?}");
+            assert_eq!(rows[0]["status"], mlflow_code(c).1);
+        }
+        let exists = codes
+            .iter()
+            .find(|r| r["ballast_code"] == "already_exists")
+            .map(|r| (r["error_code"].clone(), r["status"].clone()));
+        assert_eq!(exists, Some((json!("RESOURCE_ALREADY_EXISTS"), json!(400))));
     }
 }

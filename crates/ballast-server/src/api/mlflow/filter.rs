@@ -224,6 +224,15 @@ pub(crate) fn parse(filter: &str) -> Result<Vec<Clause>, MlError> {
 
 /// SQL `LIKE` matching (`%` any run, `_` one character).
 pub(crate) fn like(pattern: &str, text: &str, case_insensitive: bool) -> bool {
+    // The common shapes, without allocating: a literal, `prefix%`, `%suffix`.
+    if !case_insensitive && !pattern.contains('_') {
+        match pattern.matches('%').count() {
+            0 => return pattern == text,
+            1 if pattern.ends_with('%') => return text.starts_with(&pattern[..pattern.len() - 1]),
+            1 if pattern.starts_with('%') => return text.ends_with(&pattern[1..]),
+            _ => {}
+        }
+    }
     let (p, t): (Vec<char>, Vec<char>) = if case_insensitive {
         (
             pattern.to_lowercase().chars().collect(),
@@ -234,9 +243,9 @@ pub(crate) fn like(pattern: &str, text: &str, case_insensitive: bool) -> bool {
     };
     // dp[j]: p[..i] matches t[..j]
     let mut dp = vec![false; t.len() + 1];
+    let mut next = vec![false; t.len() + 1];
     dp[0] = true;
     for pc in &p {
-        let mut next = vec![false; t.len() + 1];
         if *pc == '%' {
             let mut any = false;
             for j in 0..=t.len() {
@@ -244,11 +253,12 @@ pub(crate) fn like(pattern: &str, text: &str, case_insensitive: bool) -> bool {
                 next[j] = any;
             }
         } else {
+            next[0] = false;
             for j in 1..=t.len() {
                 next[j] = dp[j - 1] && (*pc == '_' || *pc == t[j - 1]);
             }
         }
-        dp = next;
+        std::mem::swap(&mut dp, &mut next);
     }
     dp[t.len()]
 }
@@ -317,5 +327,22 @@ mod tests {
         assert!(like("A%", "abc", true));
         assert!(!like("A%", "abc", false));
         assert!(like("%", "", false));
+        // The shortcut shapes agree with the general matcher (case-insensitive takes it).
+        for (p, t) in [
+            ("abc", "abc"),
+            ("abc", "abcd"),
+            ("ab%", "abcd"),
+            ("ab%", "xabc"),
+            ("%cd", "abcd"),
+            ("%cd", "abcdx"),
+            ("%", "x"),
+            ("", ""),
+            ("é%", "été"),
+        ] {
+            assert_eq!(like(p, t, false), like(p, t, true), "{p} {t}");
+        }
+        assert!(like("ab%", "abcd", false) && !like("ab%", "xab", false));
+        assert!(like("%cd", "abcd", false) && !like("%cd", "cdx", false));
+        assert!(like("abc", "abc", false) && !like("abc", "abcd", false));
     }
 }

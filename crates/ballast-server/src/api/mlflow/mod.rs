@@ -21,7 +21,7 @@ use axum::Router;
 
 use crate::state::AppState;
 
-pub(crate) use error::MlError;
+pub(crate) use error::{error_table, MlError};
 pub(crate) use request::MlRequest;
 
 /// Result of an MLflow handler.

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use ballast_api::UpdateModel;
 use ballast_core::{ErrorCode, ModelName};
-use ballast_store::mlflow::MlflowModel;
+use ballast_store::mlflow::{MlflowModel, MlflowModelEntry};
 use ballast_store::Precondition;
 use page::{decode_token, encode_token};
 use serde_json::{json, Value};
@@ -116,13 +116,34 @@ pub(super) async fn delete(State(state): State<AppState>, r: MlRequest) -> MlRes
     Ok(Json(json!({})))
 }
 
-fn model_matches(c: &filter::Clause, m: &MlflowModel) -> MlResult<bool> {
+/// Refuses a clause on an attribute models do not have, whether or not any model exists.
+fn check_model_clause(c: &filter::Clause) -> MlResult<()> {
     match &c.key {
-        Key::Attr(a) if a == "name" => filter::matches(c, Some(&m.name)),
-        Key::Tag(t) => filter::matches(c, m.model.tags.get(t).map(String::as_str)),
-        Key::Attr(a) => Err(MlError::invalid(format!(
+        Key::Attr(a) if a != "name" => Err(MlError::invalid(format!(
             "Invalid attribute key '{a}' specified. Valid keys are '{{'name'}}' and tags"
         ))),
+        _ => Ok(()),
+    }
+}
+
+/// A literal prefix every name passing `c` starts with (`name = 'x'`, `name LIKE 'x%…'`), for
+/// the store to narrow the search with before the clauses are applied.
+fn name_prefix(c: &filter::Clause) -> Option<String> {
+    let value = c.values.first()?;
+    let prefix: String = match (&c.key, c.op.as_str()) {
+        (Key::Attr(a), "=") if a == "name" => value.clone(),
+        (Key::Attr(a), "LIKE") if a == "name" => {
+            value.chars().take_while(|ch| !matches!(ch, '%' | '_')).collect()
+        }
+        _ => return None,
+    };
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+fn model_matches(c: &filter::Clause, m: &MlflowModelEntry) -> MlResult<bool> {
+    match &c.key {
+        Key::Tag(t) => filter::matches(c, m.tags.get(t).map(String::as_str)),
+        Key::Attr(_) => filter::matches(c, Some(&m.name)),
     }
 }
 
@@ -160,13 +181,26 @@ pub(crate) fn order_key(o: &str) -> MlResult<(String, bool)> {
     Ok((key, desc))
 }
 
-pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlResult<Json<Value>> {
+pub(super) async fn search(
+    State(state): State<AppState>,
+    crate::api::Caller(caller): crate::api::Caller,
+    r: MlRequest,
+) -> MlResult<Json<Value>> {
     let clauses = filter::parse(&r.str("filter").unwrap_or_default())?;
+    for c in &clauses {
+        check_model_clause(c)?;
+    }
     let max = max_results(&r, 100, 1000)?;
     let offset = decode_token(r.str("page_token"))?;
-    let mut all = state.store.mlflow_models(ns(&state)).await?;
+    // Filter and sort on the index (one query); load full models for the answered page only.
+    let prefix = clauses.iter().find_map(name_prefix);
+    let mut all = state
+        .store
+        .mlflow_model_index(ns(&state), prefix.as_deref())
+        .await?;
+    all.retain(|m| caller.can(ballast_api::auth::Permission::Read, m.model.namespace()));
     let mut kept = Vec::new();
-    for m in all.drain(..) {
+    for m in all {
         let mut ok = true;
         for c in &clauses {
             ok &= model_matches(c, &m)?;
@@ -196,8 +230,8 @@ pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlRes
         for (key, desc) in &orders {
             let ord = match key.as_str() {
                 "name" => a.name.cmp(&b.name),
-                "creation_timestamp" => a.model.created_at.cmp(&b.model.created_at),
-                _ => a.model.updated_at.cmp(&b.model.updated_at),
+                "creation_timestamp" => a.created_at.cmp(&b.created_at),
+                _ => a.updated_at.cmp(&b.updated_at),
             };
             let ord = if *desc { ord.reverse() } else { ord };
             if ord != std::cmp::Ordering::Equal {
@@ -206,13 +240,17 @@ pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlRes
         }
         a.name.cmp(&b.name)
     });
-    let page: Vec<&MlflowModel> = kept.iter().skip(offset).take(max).collect();
-    let mut out = Vec::with_capacity(page.len());
-    for m in &page {
-        out.push(full_json(&state, m).await?);
-    }
+    let total = kept.len();
+    let page: Vec<MlflowModelEntry> = kept.into_iter().skip(offset).take(max).collect();
+    let out: Vec<Value> = state
+        .store
+        .mlflow_model_page(page)
+        .await?
+        .iter()
+        .map(|(m, versions)| model_json(m, versions))
+        .collect();
     let mut body = json!({ "registered_models": out });
-    if offset + max < kept.len() {
+    if offset + max < total {
         body["next_page_token"] = json!(encode_token(offset + max));
     }
     Ok(Json(body))
@@ -254,9 +292,8 @@ pub(super) async fn delete_tag(State(state): State<AppState>, r: MlRequest) -> M
     let ballast = resolve(&state, &name).await?;
     let m = state.store.get_model(&ballast).await?;
     if !m.tags.contains_key(&key) {
-        return Err(MlError::not_found(format!(
-            "No tag with name: {key} in model {name}"
-        )));
+        // MLflow answers success when the tag is not there; nothing changes, nothing is audited.
+        return Ok(Json(json!({})));
     }
     let req = UpdateModel {
         remove_tags: vec![key],
@@ -278,9 +315,31 @@ pub(crate) fn parse_version(v: &str) -> MlResult<u64> {
         .ok_or_else(|| MlError::invalid(format!("Parameter 'version' must be an integer, got '{v}'.")))
 }
 
+/// MLflow reserves `latest` (any case: it resolves to the highest version) and `v<digits>`.
+fn check_alias_not_reserved(alias: &str) -> MlResult<()> {
+    if alias.eq_ignore_ascii_case(LATEST) {
+        return Err(MlError::invalid(
+            "'latest' alias name (case insensitive) is reserved.",
+        ));
+    }
+    let version_like = alias
+        .strip_prefix(['v', 'V'])
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
+    if version_like {
+        return Err(MlError::invalid(format!(
+            "Version alias name '{alias}' is reserved."
+        )));
+    }
+    Ok(())
+}
+
+/// The alias MLflow resolves to a model's highest version.
+const LATEST: &str = "latest";
+
 pub(super) async fn set_alias(State(state): State<AppState>, r: MlRequest) -> MlResult<Json<Value>> {
     let name = r.need("name")?;
     let alias = r.need("alias")?;
+    check_alias_not_reserved(&alias)?;
     let version = parse_version(&r.need("version")?)?;
     let ballast = resolve(&state, &name).await?;
     state
@@ -303,24 +362,58 @@ pub(super) async fn delete_alias(State(state): State<AppState>, r: MlRequest) ->
     let name = r.need("name")?;
     let alias = r.need("alias")?;
     let ballast = resolve(&state, &name).await?;
-    state
+    match state
         .store
         .delete_alias(&r.rc.ctx, &ballast, &alias, Precondition::None)
-        .await?;
-    Ok(Json(json!({})))
+        .await
+    {
+        // MLflow answers success for an alias that is not set (the model exists).
+        Err(e) if e.code != ErrorCode::NotFound => Err(e.into()),
+        _ => Ok(Json(json!({}))),
+    }
 }
 
 pub(super) async fn get_alias(State(state): State<AppState>, r: MlRequest) -> MlResult<Json<Value>> {
     let name = r.need("name")?;
     let alias = r.need("alias")?;
-    let ballast = resolve(&state, &name).await?;
-    let a = state.store.get_alias(&ballast, &alias).await.map_err(|e| {
-        if e.code == ErrorCode::NotFound {
-            MlError::not_found(format!("Registered model alias {alias} not found."))
-        } else {
-            e.into()
-        }
-    })?;
-    let v = state.store.mlflow_version(&ballast, a.version).await?;
+    if alias.eq_ignore_ascii_case(LATEST) {
+        let ballast = resolve(&state, &name).await?;
+        let versions = state.store.mlflow_versions(&ballast).await?;
+        let v = versions
+            .last()
+            .ok_or_else(|| MlError::not_found(format!("Latest version not found for model {name}.")))?;
+        return Ok(Json(json!({ "model_version": version_json(&name, v) })));
+    }
+    if name.is_empty() {
+        return Err(MlError::invalid("Missing value for required parameter 'name'."));
+    }
+    // The model, the alias and the version in one read.
+    let v = state
+        .store
+        .mlflow_alias_version(&name, &alias, ns(&state))
+        .await?
+        // MLflow's code for an alias that is not set.
+        .ok_or_else(|| MlError::invalid(format!("Registered model alias {alias} not found.")))?;
     Ok(Json(json!({ "model_version": version_json(&name, &v) })))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn prefix_of(f: &str) -> Vec<Option<String>> {
+        filter::parse(f).unwrap().iter().map(name_prefix).collect()
+    }
+
+    #[test]
+    fn name_prefixes_are_literal_and_case_sensitive_only() {
+        assert_eq!(prefix_of("name = 'Fraud Model'"), [Some("Fraud Model".into())]);
+        assert_eq!(prefix_of("name LIKE 'team/bot-%'"), [Some("team/bot-".into())]);
+        assert_eq!(prefix_of("name LIKE 'a_b%'"), [Some("a".into())]);
+        assert_eq!(prefix_of("name LIKE '%bot'"), [None]);
+        assert_eq!(prefix_of("name ILIKE 'bot%'"), [None]);
+        assert_eq!(prefix_of("name != 'x'"), [None]);
+        assert_eq!(prefix_of("tags.name = 'x'"), [None]);
+    }
 }

@@ -156,6 +156,12 @@ pub(super) async fn transition(State(state): State<AppState>, r: MlRequest) -> M
     let (name, ballast, version) = name_and_version(&state, &r).await?;
     let to = parse_stage(&r.need("stage")?)?;
     let archive_existing = r.bool("archive_existing_versions")?;
+    if archive_existing && !matches!(to, Stage::Staging | Stage::Production) {
+        return Err(MlError::invalid(format!(
+            "Model version transition cannot archive existing model versions because '{}' is not an Active stage. Valid stages are Staging and Production",
+            convert::stage_name(to)
+        )));
+    }
     let current = state
         .store
         .get_version(&ballast, version)
@@ -183,6 +189,13 @@ pub(super) async fn transition(State(state): State<AppState>, r: MlRequest) -> M
                 ),
             )
         })?;
+    }
+    // The policy's gates and approvals, as for a native stage move.
+    if let crate::governance::PathDecision::Done =
+        crate::governance::govern_path(&state, &r.rc.ctx, &ballast, &current, &path).await?
+    {
+        let v = state.store.mlflow_version(&ballast, version).await?;
+        return Ok(Json(json!({ "model_version": version_json(&name, &v) })));
     }
     let v = state
         .store
@@ -230,9 +243,8 @@ pub(super) async fn delete_tag(State(state): State<AppState>, r: MlRequest) -> M
         .await
         .map_err(version_not_found(&name, version))?;
     if !v.tags.contains_key(&key) {
-        return Err(MlError::not_found(format!(
-            "No tag with key: {key} in model version {name} {version}"
-        )));
+        // MLflow answers success when the tag is not there; nothing changes, nothing is audited.
+        return Ok(Json(json!({})));
     }
     let req = UpdateVersion {
         remove_tags: vec![key],
@@ -245,6 +257,23 @@ pub(super) async fn delete_tag(State(state): State<AppState>, r: MlRequest) -> M
     Ok(Json(json!({})))
 }
 
+/// Refuses a clause on an attribute versions do not have (or an operator the attribute does
+/// not support), whether or not any version exists.
+fn check_version_clause(c: &filter::Clause) -> MlResult<()> {
+    let Key::Attr(a) = &c.key else {
+        return Ok(());
+    };
+    if !["name", "version_number", "run_id", "source_path", "current_stage"].contains(&a.as_str()) {
+        return Err(MlError::invalid(format!(
+            "Invalid attribute key '{a}' specified. Valid keys are name, version_number, run_id, source_path and tags"
+        )));
+    }
+    if a == "version_number" && !["=", "!=", "IN", "NOT IN"].contains(&c.op.as_str()) {
+        return Err(MlError::invalid("version_number supports =, != and IN"));
+    }
+    Ok(())
+}
+
 fn version_matches(c: &filter::Clause, name: &str, v: &Value, mv: &MlflowVersion) -> MlResult<bool> {
     match &c.key {
         Key::Tag(t) => filter::matches(c, mv.version.tags.get(t).map(String::as_str)),
@@ -254,23 +283,22 @@ fn version_matches(c: &filter::Clause, name: &str, v: &Value, mv: &MlflowVersion
                 "version_number" => Some(mv.version.version.to_string()),
                 "run_id" => v["run_id"].as_str().map(str::to_owned),
                 "source_path" => v["source"].as_str().map(str::to_owned),
-                "current_stage" => v["current_stage"].as_str().map(str::to_owned),
-                other => {
-                    return Err(MlError::invalid(format!(
-                        "Invalid attribute key '{other}' specified. Valid keys are name, version_number, run_id, source_path and tags"
-                    )))
-                }
+                _ => v["current_stage"].as_str().map(str::to_owned),
             };
-            if a == "version_number" && !["=", "!=", "IN", "NOT IN"].contains(&c.op.as_str()) {
-                return Err(MlError::invalid("version_number supports =, != and IN"));
-            }
             filter::matches(c, field.as_deref())
         }
     }
 }
 
-pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlResult<Json<Value>> {
+pub(super) async fn search(
+    State(state): State<AppState>,
+    crate::api::Caller(caller): crate::api::Caller,
+    r: MlRequest,
+) -> MlResult<Json<Value>> {
     let clauses = filter::parse(&r.str("filter").unwrap_or_default())?;
+    for c in &clauses {
+        check_version_clause(c)?;
+    }
     let max = max_results(&r, 10_000, 200_000)?;
     let offset = page::decode_token(r.str("page_token"))?;
     // Narrow to one model when the filter names it exactly.
@@ -286,14 +314,15 @@ pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlRes
         },
         None => state
             .store
-            .mlflow_models(ns(&state))
+            .mlflow_model_index(ns(&state), None)
             .await?
             .into_iter()
-            .map(|m| ModelName::parse(&m.model.name).map(|b| (m.name, b)))
-            .collect::<Result<_, _>>()?,
+            .map(|m| (m.name, m.model))
+            .collect(),
     };
     let mut hits: Vec<(String, Value, MlflowVersion)> = Vec::new();
-    for (name, ballast) in models {
+    let readable = |m: &ModelName| caller.can(ballast_api::auth::Permission::Read, m.namespace());
+    for (name, ballast) in models.into_iter().filter(|(_, m)| readable(m)) {
         for mv in state.store.mlflow_versions(&ballast).await? {
             let v = version_json(&name, &mv);
             let mut ok = true;
@@ -323,8 +352,15 @@ pub(super) async fn search(State(state): State<AppState>, r: MlRequest) -> MlRes
         }
         orders.push((key, desc));
     }
+    // MLflow's order: the given keys, then name ascending and version descending; with no
+    // keys given, the most recently updated first.
     if orders.is_empty() {
-        orders = vec![("name".into(), false), ("version_number".into(), true)];
+        orders.push(("last_updated_timestamp".into(), true));
+    }
+    for (key, desc) in [("name", false), ("version_number", true)] {
+        if !orders.iter().any(|(k, _)| k == key) {
+            orders.push((key.into(), desc));
+        }
     }
     hits.sort_by(|a, b| {
         for (key, desc) in &orders {

@@ -1,0 +1,16 @@
+//! The conformance suite on the embedded SQLite store, one fresh database file per test.
+
+use std::sync::Arc;
+
+use ballast_store::{SqliteStore, Store};
+
+use crate::conformance::Fixture;
+
+async fn fresh() -> Fixture {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(&dir.path().join("ballast.db")).expect("open a fresh SQLite store");
+    let store: Arc<dyn Store> = Arc::new(store);
+    Fixture::new(store, Box::new(dir))
+}
+
+conformance_suite!(fresh);
