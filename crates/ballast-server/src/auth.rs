@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ballast_api::auth::{Permission, Role, ANY_NAMESPACE};
@@ -153,7 +153,7 @@ type Cached = (Instant, Option<Principal>);
 pub struct Authenticator {
     mode: AuthMode,
     store: Arc<dyn Store>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: RwLock<HashMap<String, Cached>>,
     token_file: PathBuf,
 }
 
@@ -164,7 +164,7 @@ impl Authenticator {
         Self {
             mode,
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
             token_file: data_dir.join(ADMIN_TOKEN_FILE),
         }
     }
@@ -177,7 +177,7 @@ impl Authenticator {
 
     /// Forgets cached lookups (after a token or role changed).
     pub fn invalidate(&self) {
-        if let Ok(mut c) = self.cache.lock() {
+        if let Ok(mut c) = self.cache.write() {
             c.clear();
         }
     }
@@ -203,7 +203,7 @@ impl Authenticator {
             .ok_or_else(|| self.unauthenticated("the Authorization header must be `Bearer <token>`"))?;
         let hash = secret_hash(secret);
         let now = Instant::now();
-        let hit = self.cache.lock().ok().and_then(|c| {
+        let hit = self.cache.read().ok().and_then(|c| {
             c.get(&hash)
                 .filter(|(at, _)| now.duration_since(*at) < CACHE_TTL)
                 .cloned()
@@ -212,7 +212,7 @@ impl Authenticator {
             Some((_, p)) => p,
             None => {
                 let p = self.lookup(&hash).await?;
-                if let Ok(mut c) = self.cache.lock() {
+                if let Ok(mut c) = self.cache.write() {
                     if c.len() >= CACHE_MAX {
                         c.clear();
                     }

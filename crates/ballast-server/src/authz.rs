@@ -19,6 +19,27 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// What the authorization layer needs of the server's state (a few handles, cloned per request,
+/// instead of the whole [`AppState`]).
+#[derive(Clone)]
+pub struct AuthzState {
+    auth: std::sync::Arc<crate::auth::Authenticator>,
+    config: std::sync::Arc<crate::Config>,
+    store: std::sync::Arc<dyn ballast_store::Store>,
+}
+
+impl AuthzState {
+    /// The handles taken from the server's state.
+    #[must_use]
+    pub fn new(state: &AppState) -> Self {
+        Self {
+            auth: std::sync::Arc::clone(&state.auth),
+            config: std::sync::Arc::clone(&state.config),
+            store: std::sync::Arc::clone(&state.store),
+        }
+    }
+}
+
 /// Where the namespace of a request comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -149,16 +170,13 @@ fn is_mlflow(route: &str) -> bool {
 
 /// Applies the route's rule: authenticates, checks the permission in the request's namespace, and
 /// hands the [`Principal`] to the handler.
-pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(route) = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
+pub async fn authorize(State(state): State<AuthzState>, req: Request, next: Next) -> Response {
+    let Some(route) = req.extensions().get::<MatchedPath>().cloned() else {
         return next.run(req).await;
     };
-    let mlflow = is_mlflow(&route);
-    match check(&state, &route, req).await {
+    let route = route.as_str();
+    let mlflow = is_mlflow(route);
+    match check(&state, route, req).await {
         Ok(req) => next.run(req).await,
         Err(e) => {
             let outcome = if e.code == ErrorCode::PermissionDenied {
@@ -176,7 +194,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
-async fn check(state: &AppState, route: &str, mut req: Request) -> Result<Request, ApiError> {
+async fn check(state: &AuthzState, route: &str, mut req: Request) -> Result<Request, ApiError> {
     let rule = rule(req.method(), route);
     if rule == Rule::Public {
         return Ok(req);
@@ -214,7 +232,7 @@ async fn check(state: &AppState, route: &str, mut req: Request) -> Result<Reques
 
 /// The namespace a request acts in (`None` when a malformed request does not say).
 async fn namespace(
-    state: &AppState,
+    state: &AuthzState,
     scope: Scope,
     route: &str,
     req: Request,
@@ -250,7 +268,7 @@ async fn namespace(
 }
 
 /// The namespace an MLflow name lives in: the model it resolves to, or where it would be created.
-async fn mlflow_namespace(state: &AppState, name: &str) -> String {
+async fn mlflow_namespace(state: &AuthzState, name: &str) -> String {
     let default = &state.config.mlflow_default_namespace;
     if let Ok(m) = state.store.mlflow_resolve(name, default).await {
         return m.namespace().to_owned();
@@ -280,7 +298,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 /// Reads a JSON body (bounded like every JSON body) to find one string field, and puts the bytes
 /// back for the handler.
 async fn body_field(
-    state: &AppState,
+    state: &AuthzState,
     req: Request,
     field: &str,
 ) -> Result<(Option<String>, Request), ApiError> {

@@ -154,9 +154,9 @@ impl Gc {
 }
 
 /// Layer: tracks every mutating request while it runs (see the module documentation).
-pub async fn track_changes(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn track_changes(State(gc): State<Arc<Gc>>, req: Request, next: Next) -> Response {
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let guard = mutating.then(|| state.gc.begin_change());
+    let guard = mutating.then(|| gc.begin_change());
     let resp = next.run(req).await;
     drop(guard);
     resp

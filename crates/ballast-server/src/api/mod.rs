@@ -158,11 +158,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            crate::authz::AuthzState::new(&state),
             crate::authz::authorize,
         ))
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            std::sync::Arc::clone(&state.gc),
             crate::gc::track_changes,
         ))
         .layer(DefaultBodyLimit::disable())
