@@ -183,7 +183,22 @@ async fn every_route_answers_401_403_or_proceeds_as_each_role_allows() {
     }
     let expired = expired_token(&app).await;
     let revoked = revoked_token(&app).await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Wait until the short-lived token is refused (its expiry has passed and no cached lookup
+    // still accepts it), with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::Client::new()
+            .get(app.url("/v1/whoami"))
+            .bearer_auth(&expired)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the token did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for (label, token) in [
         ("no token", None),
         ("expired", Some(expired)),
@@ -430,6 +445,23 @@ async fn tokens_are_shown_once_expire_revoke_and_never_lock_out_the_last_admin()
     app.stop().await;
 }
 
+/// The `name` of every item of the list `field` that `path` answers to `token` (expecting 200).
+async fn names_seen(app: &TestApp, token: &str, path: &str, field: &str) -> Vec<String> {
+    let r = reqwest::Client::new()
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = ok(r, StatusCode::OK).await;
+    v[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn callers_see_only_their_namespaces_and_denials_do_not_reveal_existence() {
     let app = spawn_app().await;
@@ -438,21 +470,7 @@ async fn callers_see_only_their_namespaces_and_denials_do_not_reveal_existence()
     }
     let reader = create_token(&app.base, &app.admin_token, "acme-reader", &[("acme", "reader")]).await;
     let c = reqwest::Client::new();
-    let list: Value = ok(
-        c.get(app.url("/v1/models"))
-            .bearer_auth(&reader)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    let names: Vec<&str> = list["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let names = names_seen(&app, &reader, "/v1/models", "models").await;
     assert_eq!(names, ["acme/a", "acme/b"]);
     let mut answers = BTreeMap::new();
     for path in ["/v1/models/other/secret", "/v1/models/other/missing"] {
@@ -504,21 +522,13 @@ async fn callers_see_only_their_namespaces_and_denials_do_not_reveal_existence()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let found: Value = ok(
-        c.get(app.url("/api/2.0/mlflow/registered-models/search"))
-            .bearer_auth(&reader)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
+    let names = names_seen(
+        &app,
+        &reader,
+        "/api/2.0/mlflow/registered-models/search",
+        "registered_models",
     )
     .await;
-    let names: Vec<&str> = found["registered_models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
     assert_eq!(names, ["acme/a", "acme/b"], "MLflow searches are filtered too");
 }
 
