@@ -539,21 +539,33 @@ impl Upload {
     }
 }
 
+/// How long an abandoned upload waits for its in-flight parts before aborting the upload.
+const PART_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Drop for Upload {
     fn drop(&mut self) {
-        for h in &self.parts {
-            h.abort();
-        }
-        if let Some(mut mp) = self.mp.take() {
-            let key = self.key.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = mp.abort().await {
-                        tracing::warn!(%key, error = %e, "cannot abort an unfinished multipart upload");
-                    }
-                });
+        let parts = std::mem::take(&mut self.parts);
+        let (Some(mut mp), Ok(rt)) = (self.mp.take(), tokio::runtime::Handle::try_current()) else {
+            for h in &parts {
+                h.abort();
             }
-        }
+            return;
+        };
+        let key = self.key.clone();
+        rt.spawn(async move {
+            // A part cancelled mid-request can still land on the server after the abort and
+            // outlive it as an orphan; letting the (at most PARTS_IN_FLIGHT) parts in flight
+            // settle first means the abort removes every part that was ever stored.
+            for h in parts {
+                let abort = h.abort_handle();
+                if tokio::time::timeout(PART_SETTLE_TIMEOUT, h).await.is_err() {
+                    abort.abort();
+                }
+            }
+            if let Err(e) = mp.abort().await {
+                tracing::warn!(%key, error = %e, "cannot abort an unfinished multipart upload");
+            }
+        });
     }
 }
 
