@@ -9,6 +9,8 @@
 # Usage: tests/mlflow/run.sh [PYTHON [PYTEST ARGS...]]   (PYTHON: a python with mlflow-skinny,
 # pandas, cloudpickle and pytest installed; default .venv-mlflow/bin/python)
 # MLFLOW_SUITE_BIN=path/to/ballast uses that binary instead of building one.
+# MLFLOW_SUITE_DATABASE_URL=postgres://… runs the server on that (empty) database instead of the
+# embedded SQLite one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -31,7 +33,11 @@ fi
 DATA="$(mktemp -d)"
 PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
 LOG="$DATA/server.log"
-"$BIN" server --listen "127.0.0.1:$PORT" --data-dir "$DATA/data" >"$LOG" 2>&1 &
+DB_ARGS=()
+if [ -n "${MLFLOW_SUITE_DATABASE_URL:-}" ]; then
+    DB_ARGS=(--database-url "$MLFLOW_SUITE_DATABASE_URL")
+fi
+"$BIN" server --listen "127.0.0.1:$PORT" --data-dir "$DATA/data" "${DB_ARGS[@]}" >"$LOG" 2>&1 &
 PID=$!
 cleanup() {
     kill "$PID" 2>/dev/null || true

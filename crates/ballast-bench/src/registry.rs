@@ -89,6 +89,8 @@ struct Report {
     loadavg_at_end: Option<String>,
     rss_after_phase: Vec<RssMark>,
     notes: Vec<String>,
+    /// The same operations on PostgreSQL (and S3 when `s3s-fs` is installed), one node and two.
+    scale_out: ScaleOutOutcome,
 }
 
 /// `VmRSS` of the process after a phase.
@@ -188,30 +190,39 @@ async fn set_up_alias(api: &Api, model: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hammers one GET URL.
+/// Hammers one GET path, worker `w` on node `w % nodes.len()`.
 async fn hammer_get(
-    api: &Api,
+    nodes: &[&Api],
     path: &str,
     args: &RegistryArgs,
     warmup: Duration,
 ) -> anyhow::Result<LoadSummary> {
-    let label = format!("GET {path}");
+    let label = if nodes.len() > 1 {
+        format!("GET {path} ({} nodes)", nodes.len())
+    } else {
+        format!("GET {path}")
+    };
     let (summary, _) = match args.http_client {
         HttpClient::Reqwest => {
-            let url = reqwest::Url::parse(&api.url(path))?;
-            let http = api.http.clone();
-            load::run(&label, args.concurrency, warmup, args.duration(), move |_, _| {
-                let req = http.get(url.clone());
+            let urls = nodes
+                .iter()
+                .map(|api| reqwest::Url::parse(&api.url(path)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let http = nodes[0].http.clone();
+            load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
+                let req = http.get(urls[w % urls.len()].clone());
                 async move { send_checked(req).await.map(drop) }
             })
             .await?
         }
         HttpClient::Raw => {
-            let pool = Arc::new(rawhttp::Pool::new(api.addr, args.concurrency));
-            let req = Arc::new(mlflow::request(api.addr, "GET", path, api.token.as_deref(), None));
+            let targets = raw_targets(nodes, args.concurrency, "GET", path, None);
             load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
-                let (pool, req) = (pool.clone(), req.clone());
-                async move { pool.send(w, &req).await.map(drop) }
+                let targets = targets.clone();
+                async move {
+                    let (pool, req) = &targets[w % targets.len()];
+                    pool.send(w, req).await.map(drop)
+                }
             })
             .await?
         }
@@ -219,20 +230,47 @@ async fn hammer_get(
     Ok(summary)
 }
 
+/// One raw connection pool and pre-encoded request per node.
+fn raw_targets(
+    nodes: &[&Api],
+    concurrency: usize,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Arc<Vec<(rawhttp::Pool, rawhttp::RawRequest)>> {
+    Arc::new(
+        nodes
+            .iter()
+            .map(|api| {
+                (
+                    rawhttp::Pool::new(api.addr, concurrency),
+                    mlflow::request(api.addr, method, path, api.token.as_deref(), body),
+                )
+            })
+            .collect(),
+    )
+}
+
 #[derive(serde::Deserialize)]
 struct Numbered {
     version: u64,
 }
 
+/// Concurrent version creates, worker `w` through node `w % nodes.len()`, then checks that the
+/// numbers came out gap-free.
 async fn version_creates(
-    api: &Api,
+    nodes: &[&Api],
     model: &str,
     args: &RegistryArgs,
     warmup: Duration,
 ) -> anyhow::Result<VersionCreates> {
+    let api = nodes[0];
     api.create_model(model).await?;
     let path = format!("/v1/models/{model}/versions");
-    let url = reqwest::Url::parse(&api.url(&path))?;
+    let urls = nodes
+        .iter()
+        .map(|api| reqwest::Url::parse(&api.url(&path)))
+        .collect::<Result<Vec<_>, _>>()?;
     let body = bytes::Bytes::from(serde_json::to_vec(&json!({
         "metadata": {
             "description": "bench version",
@@ -244,7 +282,11 @@ async fn version_creates(
     }))?);
     let created = Arc::new(AtomicU64::new(0));
     let counter = created.clone();
-    let label = format!("POST {path}");
+    let label = if nodes.len() > 1 {
+        format!("POST {path} ({} nodes)", nodes.len())
+    } else {
+        format!("POST {path}")
+    };
     let numbered = |answer: &[u8]| {
         serde_json::from_slice::<Numbered>(answer)
             .map(|n| n.version)
@@ -253,9 +295,9 @@ async fn version_creates(
     let (load, numbers) = match args.http_client {
         HttpClient::Reqwest => {
             let http = api.http.clone();
-            load::run(&label, args.concurrency, warmup, args.duration(), move |_, _| {
+            load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
                 let req = http
-                    .post(url.clone())
+                    .post(urls[w % urls.len()].clone())
                     .header("content-type", "application/json")
                     .body(body.clone());
                 let counter = counter.clone();
@@ -268,18 +310,12 @@ async fn version_creates(
             .await?
         }
         HttpClient::Raw => {
-            let pool = Arc::new(rawhttp::Pool::new(api.addr, args.concurrency));
-            let req = Arc::new(mlflow::request(
-                api.addr,
-                "POST",
-                &path,
-                api.token.as_deref(),
-                Some(&body),
-            ));
+            let targets = raw_targets(nodes, args.concurrency, "POST", &path, Some(&body));
             load::run(&label, args.concurrency, warmup, args.duration(), move |w, _| {
-                let (pool, req, counter) = (pool.clone(), req.clone(), counter.clone());
+                let (targets, counter) = (targets.clone(), counter.clone());
                 async move {
-                    let answer = pool.send(w, &req).await?;
+                    let (pool, req) = &targets[w % targets.len()];
+                    let answer = pool.send(w, req).await?;
                     counter.fetch_add(1, Ordering::Relaxed);
                     numbered(&answer)
                 }
@@ -342,7 +378,7 @@ async fn phases(
         args.duration(),
         args.concurrency
     );
-    let alias_get = hammer_get(api, "/v1/models/bench/alias/aliases/champion", args, warmup).await?;
+    let alias_get = hammer_get(&[api], "/v1/models/bench/alias/aliases/champion", args, warmup).await?;
     eprintln!(
         "      {:.0} req/s, p99 {:.2} ms",
         alias_get.rate_per_sec, alias_get.latency.p99_ms
@@ -350,7 +386,7 @@ async fn phases(
     rss.push(RssMark::now("GET …/aliases/champion phase"));
     eprintln!("[2/5] GET …/aliases/champion/version");
     let alias_resolve = hammer_get(
-        api,
+        &[api],
         "/v1/models/bench/alias/aliases/champion/version",
         args,
         warmup,
@@ -362,7 +398,7 @@ async fn phases(
     );
     rss.push(RssMark::now("GET …/aliases/champion/version phase"));
     eprintln!("[3/5] version creates: POST …/versions for {:?}", args.duration());
-    let version_create = version_creates(api, "bench/creates", args, warmup).await?;
+    let version_create = version_creates(&[api], "bench/creates", args, warmup).await?;
     rss.push(RssMark::now("version creates and listing them"));
     eprintln!(
         "      {:.0} creates/s, p99 {:.2} ms, gap-free: {}",
@@ -469,6 +505,9 @@ async fn phases(
         targets,
         all_targets_met,
         loadavg_at_end: crate::machine::loadavg(),
+        scale_out: ScaleOutOutcome::Skipped {
+            reason: "not run yet".into(),
+        },
         rss_after_phase: rss,
         notes: vec![
             "server and load generator share this machine; the server runs in-process on its own runtime"
@@ -658,13 +697,23 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
     });
     drop(rt);
     let stopped = server.stop();
-    let report = outcome?;
+    let mut report = outcome?;
     stopped?;
+    report.scale_out = scale_out::run(args, scratch.path(), report.config.warmup_secs);
+    if let ScaleOutOutcome::Measured(so) = &report.scale_out {
+        report.targets.extend(so.checks());
+        report.all_targets_met = report.targets.iter().all(|c| c.pass);
+    }
 
     println!();
     print!("{}", report::table(&report.targets));
     println!();
     print!("{}", details(&report));
+    match &report.scale_out {
+        ScaleOutOutcome::Measured(so) => print!("{}", so.details()),
+        ScaleOutOutcome::Skipped { reason } => println!("  scale-out (PostgreSQL) phases skipped: {reason}"),
+        ScaleOutOutcome::Failed { error } => println!("  scale-out (PostgreSQL) phases FAILED: {error}"),
+    }
     report::write_json(&args.json_out, &report)?;
     println!("\nwrote {}", args.json_out.display());
 
@@ -677,8 +726,507 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<()> {
     if !report.throughput.download.digest_ok {
         bail!("the downloaded artifact does not match what was uploaded");
     }
+    match &report.scale_out {
+        ScaleOutOutcome::Failed { error } => bail!("the scale-out phases failed: {error}"),
+        ScaleOutOutcome::Measured(so) if !so.correct() => {
+            bail!("on PostgreSQL, version numbers were not gap-free or the download did not verify")
+        }
+        _ => {}
+    }
     if args.strict && !report.all_targets_met {
         bail!("targets missed (--strict)");
     }
     Ok(())
+}
+
+/// What became of the scale-out phases.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum ScaleOutOutcome {
+    /// Figures.
+    Measured(Box<scale_out::ScaleOut>),
+    /// Not run (no PostgreSQL configured, or turned off).
+    Skipped { reason: String },
+    /// Set-up or a phase failed.
+    Failed { error: String },
+}
+
+/// The scale-out configuration: registry nodes in-process on one PostgreSQL database and one
+/// blob store (an `s3s-fs` bucket when the binary is installed, else a shared directory),
+/// measured with one node and with two.
+///
+/// PostgreSQL comes from `BALLAST_BENCH_DATABASE_URL`, else `BALLAST_TEST_DATABASE_URL` (an
+/// administrative URL: a fresh database is created there with `psql` and dropped afterwards);
+/// `BALLAST_BENCH_SCALE_OUT=off` skips the phases.
+mod scale_out {
+    use std::net::TcpStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use serde::Serialize;
+
+    use super::{hammer_get, set_up_alias, version_creates, Api, ScaleOutOutcome, VersionCreates};
+    use crate::harness::InProcess;
+    use crate::load::LoadSummary;
+    use crate::report::Check;
+    use crate::throughput::{self, Throughput};
+    use crate::RegistryArgs;
+
+    /// Credentials of the throwaway `s3s-fs` server.
+    const S3_KEY: &str = "ballast-bench";
+    const S3_SECRET: &str = "ballast-bench-secret";
+    const S3_BUCKET: &str = "bench";
+    /// Largest artifact moved in the scale-out phases.
+    const MAX_TRANSFER: u64 = 256 << 20;
+
+    /// Figures of one configuration (one node, or several sharing the database).
+    #[derive(Debug, Serialize)]
+    pub struct NodeFigures {
+        pub nodes: usize,
+        pub alias_get: LoadSummary,
+        pub version_create: VersionCreates,
+        /// Alias GETs per second and node.
+        pub alias_get_per_node: f64,
+        /// Version creates per second and node.
+        pub version_create_per_node: f64,
+    }
+
+    /// Everything the scale-out phases measured.
+    #[derive(Debug, Serialize)]
+    pub struct ScaleOut {
+        /// Engine, host and database (no credentials).
+        pub database: String,
+        /// `s3 (s3s-fs)` or `file (shared directory)`.
+        pub blobs: String,
+        pub one_node: NodeFigures,
+        pub two_nodes: NodeFigures,
+        /// Upload and download of one artifact through the first node.
+        pub throughput: Throughput,
+        pub notes: Vec<String>,
+    }
+
+    impl ScaleOut {
+        /// Whether the correctness checks held (numbering, digests).
+        pub fn correct(&self) -> bool {
+            self.one_node.version_create.numbering.gap_free
+                && self.two_nodes.version_create.numbering.gap_free
+                && self.throughput.download.digest_ok
+        }
+
+        /// The figures as table rows: rates for context, correctness as must-hold checks.
+        pub fn checks(&self) -> Vec<Check> {
+            let mut out = Vec::new();
+            for f in [&self.one_node, &self.two_nodes] {
+                let n = f.nodes;
+                out.push(Check::info(
+                    format!("PostgreSQL, {n} node(s): alias GET, total"),
+                    f.alias_get.rate_per_sec,
+                    "req/s",
+                ));
+                out.push(Check::info(
+                    format!("PostgreSQL, {n} node(s): alias GET per node"),
+                    f.alias_get_per_node,
+                    "req/s",
+                ));
+                out.push(Check::info(
+                    format!("PostgreSQL, {n} node(s): version creates, total"),
+                    f.version_create.load.rate_per_sec,
+                    "/s",
+                ));
+                out.push(Check::info(
+                    format!("PostgreSQL, {n} node(s): version creates per node"),
+                    f.version_create_per_node,
+                    "/s",
+                ));
+                out.push(Check::holds(
+                    format!("PostgreSQL, {n} node(s): version numbers gap-free 1..=N"),
+                    f.version_create.numbering.gap_free,
+                ));
+            }
+            out.push(Check::info(
+                format!("PostgreSQL + {}: upload", self.blobs),
+                self.throughput.upload.timed.mb_per_sec,
+                "MB/s",
+            ));
+            out.push(Check::info(
+                format!("PostgreSQL + {}: download", self.blobs),
+                self.throughput.download.timed.mb_per_sec,
+                "MB/s",
+            ));
+            out.push(Check::holds(
+                format!("PostgreSQL + {}: download digest verified", self.blobs),
+                self.throughput.download.digest_ok,
+            ));
+            out
+        }
+
+        /// Lines for the details section.
+        pub fn details(&self) -> String {
+            let mut out = format!(
+                "  scale-out: metadata in {}, artifacts in {}\n",
+                self.database, self.blobs
+            );
+            for f in [&self.one_node, &self.two_nodes] {
+                for s in [&f.alias_get, &f.version_create.load] {
+                    out.push_str(&format!(
+                        "  {:<58} {:>9.0}/s  p50 {:>7.3} ms  p99 {:>7.3} ms  ok {:>8}  errors {}{}\n",
+                        s.operation,
+                        s.rate_per_sec,
+                        s.latency.p50_ms,
+                        s.latency.p99_ms,
+                        s.ok,
+                        s.errors(),
+                        s.first_error
+                            .as_deref()
+                            .map(|e| format!(" (first: {e})"))
+                            .unwrap_or_default()
+                    ));
+                }
+                let n = &f.version_create.numbering;
+                out.push_str(&format!(
+                    "      {} node(s): numbering {} created, latest_version {}, gap-free {}\n",
+                    f.nodes, n.created_total, n.latest_version, n.gap_free
+                ));
+            }
+            let t = &self.throughput;
+            out.push_str(&format!(
+                "  artifact {} MiB through node 1: upload {:.0} MB/s ({:.2} s), download {:.0} MB/s ({:.2} s), digest ok {}\n",
+                t.bytes >> 20,
+                t.upload.timed.mb_per_sec,
+                t.upload.timed.secs,
+                t.download.timed.mb_per_sec,
+                t.download.timed.secs,
+                t.download.digest_ok
+            ));
+            for n in &self.notes {
+                out.push_str(&format!("  note: {n}\n"));
+            }
+            out
+        }
+    }
+
+    /// Runs the phases when PostgreSQL is configured; never fails the SQLite figures.
+    pub fn run(args: &RegistryArgs, scratch: &Path, warmup_secs: f64) -> ScaleOutOutcome {
+        if std::env::var("BALLAST_BENCH_SCALE_OUT").as_deref() == Ok("off") {
+            return ScaleOutOutcome::Skipped {
+                reason: "BALLAST_BENCH_SCALE_OUT=off".into(),
+            };
+        }
+        let admin = ["BALLAST_BENCH_DATABASE_URL", "BALLAST_TEST_DATABASE_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+        let Some(admin) = admin else {
+            return ScaleOutOutcome::Skipped {
+                reason: "no PostgreSQL: set BALLAST_BENCH_DATABASE_URL (or eval \"$(.ci/postgres.sh)\")"
+                    .into(),
+            };
+        };
+        eprintln!("[scale-out] {}", ballast_server::describe_database_url(&admin));
+        match measure(args, scratch, &admin, warmup_secs) {
+            Ok(so) => ScaleOutOutcome::Measured(Box::new(so)),
+            Err(e) => ScaleOutOutcome::Failed {
+                error: format!("{e:#}"),
+            },
+        }
+    }
+
+    /// A database of its own on the PostgreSQL server, dropped afterwards.
+    struct Database {
+        psql: PathBuf,
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl Database {
+        fn create(admin: &str) -> anyhow::Result<Self> {
+            let psql = program("psql").context("psql is needed to create the benchmark database")?;
+            let name = format!("ballast_bench_{}", std::process::id());
+            let me = Self {
+                url: match admin.rsplit_once('/') {
+                    Some((base, _)) => format!("{base}/{name}"),
+                    None => bail!("the PostgreSQL URL must end in /DATABASE"),
+                },
+                psql,
+                admin: admin.to_owned(),
+                name,
+            };
+            me.sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", me.name))?;
+            me.sql(&format!("CREATE DATABASE {}", me.name))?;
+            Ok(me)
+        }
+
+        fn sql(&self, sql: &str) -> anyhow::Result<()> {
+            let out = Command::new(&self.psql)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.admin, "-c", sql])
+                .stdin(Stdio::null())
+                .output()
+                .context("cannot run psql")?;
+            if !out.status.success() {
+                bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            let _ = self.sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+
+    /// A PostgreSQL program from the newest installed version, else from `PATH`.
+    fn program(name: &str) -> Option<PathBuf> {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_string_lossy().split('.').next()?.parse().ok()?;
+                Some((v, e.path().join("bin").join(name)))
+            })
+            .filter(|(_, p)| p.is_file())
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, p)| p).or_else(|| on_path(name))
+    }
+
+    fn on_path(name: &str) -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        if let Some(home) = std::env::var_os("HOME") {
+            dirs.push(PathBuf::from(home).join(".cargo/bin"));
+        }
+        dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    }
+
+    /// A throwaway `s3s-fs` with one bucket, stopped when dropped.
+    struct S3sFs {
+        child: Child,
+        endpoint: String,
+    }
+
+    impl S3sFs {
+        fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
+            let bin = std::env::var_os("BALLAST_S3S_FS")
+                .map(PathBuf::from)
+                .or_else(|| on_path("s3s-fs"));
+            let Some(bin) = bin else {
+                return Ok(None);
+            };
+            std::fs::create_dir_all(dir.join(S3_BUCKET))?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let child = Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+                .arg(dir)
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            let mut me = Self {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = me.child.try_wait() {
+                    bail!("s3s-fs exited with {status}");
+                }
+                if Instant::now() > deadline {
+                    bail!("s3s-fs did not accept connections within 15 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Some(me))
+        }
+    }
+
+    impl Drop for S3sFs {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts a registry node in-process on its own runtime.
+    fn start_node(name: &str, threads: usize, config: ballast_server::Config) -> anyhow::Result<InProcess> {
+        InProcess::spawn(name, threads, move |addr_tx, stop| async move {
+            let server = match ballast_server::Server::bind(config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            match server.local_addr() {
+                Ok(a) => {
+                    let _ = addr_tx.send(Ok(a));
+                }
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e.to_string()));
+                    return Err(e.into());
+                }
+            }
+            server
+                .serve(async move {
+                    let _ = stop.await;
+                })
+                .await
+        })
+    }
+
+    fn measure(
+        args: &RegistryArgs,
+        scratch: &Path,
+        admin: &str,
+        warmup_secs: f64,
+    ) -> anyhow::Result<ScaleOut> {
+        let db = Database::create(admin)?;
+        let s3 = S3sFs::start(&scratch.join("s3"))?;
+        let shared_blobs = scratch.join("shared-blobs");
+        let (blobs, blob_url) = match &s3 {
+            Some(_) => ("s3 (s3s-fs)".to_owned(), format!("s3://{S3_BUCKET}/blobs")),
+            None => (
+                "file (shared directory)".to_owned(),
+                format!("file://{}", shared_blobs.display()),
+            ),
+        };
+        let config = |i: usize| ballast_server::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: scratch.join(format!("pg-node{i}")),
+            database_url: Some(ballast_server::Secret::new(db.url.clone())),
+            blob_url: Some(blob_url.clone()),
+            s3_endpoint: s3.as_ref().map(|s| s.endpoint.clone()),
+            s3_path_style: true,
+            s3_region: Some("us-east-1".into()),
+            s3_access_key_id: s3.as_ref().map(|_| S3_KEY.to_owned()),
+            s3_secret_access_key: s3.as_ref().map(|_| ballast_server::Secret::new(S3_SECRET)),
+            shutdown_grace_secs: 5,
+            ..Default::default()
+        };
+        // The first node bootstraps the database and writes the admin token; the second joins.
+        let first = start_node("pg-node1", args.server_threads, config(1))?;
+        let second = start_node("pg-node2", args.server_threads, config(2))?;
+        let token = std::fs::read_to_string(
+            scratch
+                .join("pg-node1")
+                .join(ballast_server::auth::ADMIN_TOKEN_FILE),
+        )
+        .ok()
+        .map(|t| t.trim().to_owned());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads.max(1))
+            .thread_name("loadgen")
+            .enable_all()
+            .build()?;
+        let measured = rt.block_on(async {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(t) = &token {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?;
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            let http = reqwest::Client::builder()
+                .default_headers(headers)
+                .no_proxy()
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()?;
+            let api = |addr: std::net::SocketAddr| Api {
+                http: http.clone(),
+                base: format!("http://{addr}"),
+                addr,
+                token: token.clone(),
+            };
+            let (a, b) = (api(first.addr), api(second.addr));
+            phases(args, scratch, &a, &b, Duration::from_secs_f64(warmup_secs)).await
+        });
+        drop(rt);
+        let stopped = (second.stop(), first.stop());
+        let (one_node, two_nodes, throughput) = measured?;
+        stopped.0?;
+        stopped.1?;
+        drop(db);
+        Ok(ScaleOut {
+            database: ballast_server::describe_database_url(admin)
+                .rsplit_once('/')
+                .map_or_else(
+                    || "PostgreSQL".to_owned(),
+                    |(host, _)| format!("{host}/<fresh database>"),
+                ),
+            blobs,
+            one_node,
+            two_nodes,
+            throughput,
+            notes: vec![
+                "every node runs in this process on its own runtime of --server-threads workers; \
+                 PostgreSQL, s3s-fs and the load generator share the machine"
+                    .into(),
+                "with two nodes, worker w of the load generator talks to node w % 2; per-node rates are \
+                 the totals divided by the node count"
+                    .into(),
+            ],
+        })
+    }
+
+    async fn phases(
+        args: &RegistryArgs,
+        scratch: &Path,
+        a: &Api,
+        b: &Api,
+        warmup: Duration,
+    ) -> anyhow::Result<(NodeFigures, NodeFigures, Throughput)> {
+        set_up_alias(a, "bench/alias").await?;
+        let alias = "/v1/models/bench/alias/aliases/champion";
+        let mut figures = Vec::new();
+        for nodes in [vec![a], vec![a, b]] {
+            let n = nodes.len();
+            eprintln!(
+                "[scale-out] {n} node(s): GET …/aliases/champion for {:?}",
+                args.duration()
+            );
+            let alias_get = hammer_get(&nodes, alias, args, warmup).await?;
+            eprintln!("      {:.0} req/s", alias_get.rate_per_sec);
+            eprintln!(
+                "[scale-out] {n} node(s): version creates for {:?}",
+                args.duration()
+            );
+            let version_create = version_creates(&nodes, &format!("bench/creates-{n}"), args, warmup).await?;
+            eprintln!(
+                "      {:.0} creates/s, gap-free: {}",
+                version_create.load.rate_per_sec, version_create.numbering.gap_free
+            );
+            #[allow(clippy::cast_precision_loss)]
+            let per = n as f64;
+            figures.push(NodeFigures {
+                nodes: n,
+                alias_get_per_node: alias_get.rate_per_sec / per,
+                version_create_per_node: version_create.load.rate_per_sec / per,
+                alias_get,
+                version_create,
+            });
+        }
+        let bytes = args.upload_bytes().min(MAX_TRANSFER);
+        eprintln!(
+            "[scale-out] throughput: {} MiB artifact through node 1",
+            bytes >> 20
+        );
+        a.create_model("bench/blob").await?;
+        let v = a.create_version("bench/blob").await?;
+        let files_url = a.url(&format!("/v1/models/bench/blob/versions/{}/files", v.version));
+        let dir = scratch.join("scale-out-transfer");
+        std::fs::create_dir_all(&dir)?;
+        let t = throughput::run(&a.http, &files_url, &dir, bytes).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let two = figures.pop().context("two-node figures")?;
+        let one = figures.pop().context("one-node figures")?;
+        Ok((one, two, t))
+    }
 }

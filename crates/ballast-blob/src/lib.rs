@@ -11,10 +11,12 @@
 pub mod chunk_index;
 mod local;
 mod location;
+pub mod regional;
 mod s3;
 
 pub use local::LocalBlobStore;
 pub use location::{open_store, BlobLocation, BlobUrlError};
+pub use regional::{Region, RegionalBlobStore};
 pub use s3::{S3BlobStore, S3Options, DEFAULT_PART_SIZE, MIN_PART_SIZE};
 
 use std::pin::Pin;
@@ -50,6 +52,33 @@ pub struct BlobEntry {
     /// When it was last written or [touched](BlobStore::touch). Garbage collection keeps a blob
     /// touched at or after its cutoff, however unreferenced it looks.
     pub touched: SystemTime,
+}
+
+/// An entry of a durable queue kept beside the blobs (see [`BlobStore::put_marker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// The blob it is about.
+    pub digest: Sha256Digest,
+    /// When it was written.
+    pub since: SystemTime,
+}
+
+/// Whether `queue` may name a marker queue: 1 to 63 lowercase letters, digits, `-` or `_`,
+/// starting with a letter or digit (so it is one safe path segment or key segment).
+#[must_use]
+pub fn valid_queue_name(queue: &str) -> bool {
+    (1..=63).contains(&queue.len())
+        && queue
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && queue.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn bad_queue(queue: &str) -> BlobError {
+    BlobError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("invalid marker queue name {queue:?}"),
+    ))
 }
 
 /// What a client announced about an upload.
@@ -181,4 +210,44 @@ pub trait BlobStore: Send + Sync + 'static {
     /// before this call makes it keep the blob, one that starts after it finds the blob gone
     /// (`touch` returns `false`; `put` stores it again).
     async fn delete_if_untouched(&self, digest: Sha256Digest, cutoff: SystemTime) -> Result<bool, BlobError>;
+
+    // Durable marker queues: small entries naming a digest, kept in the store itself under
+    // `replication/<queue>/` so every node sharing the store sees them and they outlive any one
+    // node. Replication between regions uses one queue per destination region.
+
+    /// Records, durably, that `digest` is queued in `queue` (idempotent; an existing marker
+    /// keeps its original time). Stores that keep no markers refuse.
+    async fn put_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        let _ = digest;
+        Err(unsupported_markers(queue))
+    }
+    /// Up to `limit` markers of `queue` in ascending digest order.
+    async fn list_markers(&self, queue: &str, limit: usize) -> Result<Vec<Marker>, BlobError> {
+        let _ = limit;
+        Err(unsupported_markers(queue))
+    }
+    /// Removes the marker of `digest` from `queue` (no error when it is absent).
+    async fn remove_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        let _ = digest;
+        Err(unsupported_markers(queue))
+    }
+}
+
+fn unsupported_markers(queue: &str) -> BlobError {
+    if !valid_queue_name(queue) {
+        return bad_queue(queue);
+    }
+    BlobError::Io(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "this blob store keeps no marker queues",
+    ))
+}
+
+/// Checks a queue name for the stores' implementations.
+pub(crate) fn check_queue(queue: &str) -> Result<(), BlobError> {
+    if valid_queue_name(queue) {
+        Ok(())
+    } else {
+        Err(bad_queue(queue))
+    }
 }

@@ -5,6 +5,7 @@
 //! <root>/chunks/ab/abcdef…         SHA-256 of each 4 MiB chunk, built from verified bytes
 //! <root>/tmp/                      uploads in progress (emptied on open)
 //! <root>/quarantine/abcdef….<ts>   bytes that failed verification
+//! <root>/replication/<queue>/abcdef…  empty marker: the blob waits in a replication queue
 //! ```
 //!
 //! A blob's touched time (for garbage collection) is its file's modification time: a `put`
@@ -359,6 +360,71 @@ impl BlobStore for LocalBlobStore {
         .await
         .map_err(std::io::Error::other)??;
         Ok(removed)
+    }
+
+    async fn put_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        crate::check_queue(queue)?;
+        let dir = self.root.join("replication").join(queue);
+        let path = dir.join(digest.to_hex());
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(&dir).await?;
+        write_atomically(&self.root, &path, b"").await?;
+        Ok(())
+    }
+
+    async fn list_markers(&self, queue: &str, limit: usize) -> Result<Vec<crate::Marker>, BlobError> {
+        crate::check_queue(queue)?;
+        let dir = self.root.join("replication").join(queue);
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<crate::Marker>> {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            for e in entries.filter_map(Result::ok) {
+                let Some(digest) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<Sha256Digest>().ok())
+                else {
+                    continue;
+                };
+                match e.metadata() {
+                    Ok(m) if m.is_file() => out.push(crate::Marker {
+                        digest,
+                        since: m.modified()?,
+                    }),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            out.sort_unstable_by_key(|m| m.digest);
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(BlobError::Io)
+    }
+
+    async fn remove_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        crate::check_queue(queue)?;
+        let dir = self.root.join("replication").join(queue);
+        let path = dir.join(digest.to_hex());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            match std::fs::remove_file(&path) {
+                Ok(()) => sync_dir(&dir),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 //! <prefix>/quarantine/abcdef….<ts>    bytes that failed verification
 //! <prefix>/touched/ab/abcdef…         empty marker: when the blob was last put or touched
 //! <prefix>/trash/abcdef….<ts>         a blob being garbage-collected, until the removal holds
+//! <prefix>/replication/<queue>/abcdef… empty marker: the blob waits in a replication queue
 //! ```
 //!
 //! An upload is hashed while it streams. One that fits in a part is written with a single PUT
@@ -343,6 +344,15 @@ impl S3BlobStore {
     fn key(&self, kind: &str, d: &Sha256Digest) -> Path {
         let hex = d.to_hex();
         self.root.clone().join(kind).join(&hex[..2]).join(hex.as_str())
+    }
+
+    /// The key of the marker of `d` in the queue `queue`.
+    fn marker_key(&self, queue: &str, d: &Sha256Digest) -> Path {
+        self.root
+            .clone()
+            .join("replication")
+            .join(queue)
+            .join(d.to_hex().as_str())
     }
 
     /// The key of the blob (for tests and repair tools).
@@ -822,6 +832,57 @@ impl BlobStore for S3BlobStore {
         let _ = self.store.delete(&trash).await;
         let _ = self.store.delete(&self.key("touched", &digest)).await;
         Ok(true)
+    }
+
+    async fn put_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        crate::check_queue(queue)?;
+        let key = self.marker_key(queue, &digest);
+        match self.store.head(&key).await {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => self
+                .store
+                .put(&key, PutPayload::default())
+                .await
+                .map(|_| ())
+                .map_err(backend),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn list_markers(&self, queue: &str, limit: usize) -> Result<Vec<crate::Marker>, BlobError> {
+        crate::check_queue(queue)?;
+        let dir = self.root.clone().join("replication").join(queue);
+        let mut listed = self.store.list(Some(&dir));
+        let mut out = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(backend)?;
+            let Some(digest) =
+                meta.location
+                    .prefix_match(&dir)
+                    .and_then(|mut parts| match (parts.next(), parts.next()) {
+                        (Some(name), None) => name.as_ref().parse::<Sha256Digest>().ok(),
+                        _ => None,
+                    })
+            else {
+                continue;
+            };
+            out.push(crate::Marker {
+                digest,
+                since: SystemTime::from(meta.last_modified),
+            });
+        }
+        out.sort_unstable_by_key(|m| m.digest);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn remove_marker(&self, queue: &str, digest: Sha256Digest) -> Result<(), BlobError> {
+        crate::check_queue(queue)?;
+        match self.store.delete(&self.marker_key(queue, &digest)).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
     }
 }
 

@@ -87,7 +87,7 @@ pub enum Command {
     ///
     /// Settings are layered: built-in defaults < ballast.toml (in the current directory, or
     /// --config) < BALLAST_* environment variables (BALLAST_LISTEN, BALLAST_DATA_DIR,
-    /// BALLAST_MAX_UPLOAD_BYTES, BALLAST_MAX_JSON_BYTES, BALLAST_DEFAULT_ACTOR,
+    /// BALLAST_DATABASE_URL, BALLAST_MAX_UPLOAD_BYTES, BALLAST_MAX_JSON_BYTES, BALLAST_DEFAULT_ACTOR,
     /// BALLAST_SHUTDOWN_GRACE_SECS) < flags.
     Server(ServerArgs),
     /// Run the inference router (the data plane) from a static routes file (until SIGINT or
@@ -152,6 +152,19 @@ pub enum Command {
     /// Remove the versions retention policies let go, then blobs nothing references (past the
     /// grace period). --dry-run lists what would go and changes nothing.
     Gc(crate::commands::retention::GcArgs),
+    /// Show the artifact regions: whether each answers, and its replication queue and lag.
+    Status,
+    /// Check every referenced blob in every artifact region (present, size, SHA-256) and report
+    /// missing or corrupt copies per region; --repair copies good bytes over them (admin).
+    /// Exits non-zero while problems remain.
+    Fsck(crate::commands::regions::FsckArgs),
+    /// Apply pending schema migrations to the metadata database and exit (servers also apply
+    /// them on start, under a lock, so nodes starting together never race).
+    ///
+    /// The database comes from --database-url, else BALLAST_DATABASE_URL or database_url in
+    /// ballast.toml, else SQLite in DATA_DIR/ballast.db. Prints the schema version before and
+    /// after.
+    Migrate(crate::commands::migrate::MigrateArgs),
     /// Subscribe URLs to registry events; inspect and redeliver deliveries.
     #[command(subcommand)]
     Webhook(crate::commands::webhook::WebhookCommand),
@@ -169,6 +182,11 @@ pub struct ServerArgs {
     /// Directory for the metadata database and the artifacts.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Metadata database: postgres://USER:PASSWORD@HOST:PORT/DB (several servers may share it)
+    /// or sqlite:///PATH (default: SQLite in DATA_DIR/ballast.db). Also BALLAST_DATABASE_URL,
+    /// which keeps a password out of `ps`.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Configuration file (TOML); must exist when given. Default: ./ballast.toml if present.
     #[arg(long, env = "BALLAST_CONFIG")]
     pub config: Option<PathBuf>,
@@ -180,6 +198,15 @@ pub struct ServerArgs {
     /// Where artifacts live: s3://bucket/prefix or file:///path (default: DATA_DIR/blobs).
     #[arg(long, value_name = "URL")]
     pub blob_url: Option<String>,
+    /// An artifact region, NAME=URL (repeatable; instead of --blob-url), e.g.
+    /// eu-west=s3://bucket/prefix or backup=file:///srv/blobs; an S3 region may add
+    /// ?endpoint=URL&region=NAME. Blobs are written to the local region and replicated to the
+    /// others; reads fall back to them in the order given.
+    #[arg(long = "blob-region", value_name = "NAME=URL")]
+    pub blob_regions: Vec<String>,
+    /// Which --blob-region is local (written and read first; default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub local_region: Option<String>,
     /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS).
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,

@@ -29,6 +29,7 @@ mod files;
 mod governance;
 mod http;
 mod models;
+mod regions;
 mod retention;
 mod types;
 mod versions;

@@ -56,39 +56,55 @@ impl StreamSource {
 ///
 /// # Errors
 /// The client's body failed while it was read.
-pub async fn read_bounded(mut body: axum::body::Body, limit: usize) -> Result<RequestBody, axum::Error> {
+pub async fn read_bounded<B>(mut body: B, limit: usize) -> Result<RequestBody, BoxError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    // Most bodies arrive in one frame: no list of chunks, no copy.
+    let mut first: Option<Bytes> = None;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     loop {
         if len > limit {
             break;
         }
+        if body.is_end_stream() {
+            return Ok(RequestBody::Full(join(first, chunks, len)));
+        }
         match body.frame().await {
             None => {
-                return Ok(RequestBody::Full(concat(chunks, len)));
+                return Ok(RequestBody::Full(join(first, chunks, len)));
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     len += data.len();
-                    chunks.push(data);
+                    match &first {
+                        None => first = Some(data),
+                        Some(_) => chunks.push(data),
+                    }
                 }
             }
         }
     }
     Ok(RequestBody::Partial(StreamSource {
-        head: concat(chunks, len),
-        rest: Arc::new(Mutex::new(Some(body))),
+        head: join(first, chunks, len),
+        rest: Arc::new(Mutex::new(Some(axum::body::Body::new(body)))),
         started: Arc::new(AtomicBool::new(false)),
         client_failed: Arc::new(AtomicBool::new(false)),
     }))
 }
 
-fn concat(chunks: Vec<Bytes>, len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
+fn join(first: Option<Bytes>, chunks: Vec<Bytes>, len: usize) -> Bytes {
+    let Some(first) = first else {
+        return Bytes::new();
+    };
+    if chunks.is_empty() {
+        return first;
     }
     let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&first);
     for c in chunks {
         v.extend_from_slice(&c);
     }
@@ -215,7 +231,7 @@ pub struct UpstreamBody {
     inner: hyper::body::Incoming,
     /// The connection the body arrives on, driven while the body is read and returned to the
     /// pool once the body ended.
-    conn: Option<(crate::upstream::Conn, crate::upstream::SharedPool)>,
+    conn: Option<(Box<crate::upstream::Conn>, crate::upstream::SharedPool)>,
     on_error: Option<OnStreamError>,
     idle: Duration,
     /// Armed while waiting for the upstream; measures the silence since the wait began (time
@@ -257,7 +273,7 @@ impl UpstreamBody {
 impl UpstreamBody {
     /// Drives `conn` while the body is read; returns it to `pool` when the body ended.
     #[must_use]
-    pub fn with_conn(mut self, conn: crate::upstream::Conn, pool: crate::upstream::SharedPool) -> Self {
+    pub fn with_conn(mut self, conn: Box<crate::upstream::Conn>, pool: crate::upstream::SharedPool) -> Self {
         self.conn = Some((conn, pool));
         self
     }
@@ -290,7 +306,7 @@ impl Body for UpstreamBody {
         if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
-        let conn = this.conn.as_mut().map(|(c, _)| c);
+        let conn = this.conn.as_mut().map(|(c, _)| &mut **c);
         match crate::upstream::poll_body_frame(conn, &mut this.inner, cx) {
             Poll::Ready(Some(Err(e))) => {
                 this.idle_timer = None;
@@ -346,6 +362,69 @@ impl Body for UpstreamBody {
         }
         hint.set_lower(inner.lower().saturating_add(len));
         hint
+    }
+}
+
+/// The body of every answer the router sends: a proxied response, one of its own (errors,
+/// small documents) held in memory, or an answer of its admin endpoints.
+pub enum ResponseBody {
+    /// A proxied upstream response.
+    Upstream(UpstreamBody),
+    /// Bytes held in memory (`None` once sent).
+    Full(Option<Bytes>),
+    /// An admin endpoint's answer.
+    Admin(axum::body::Body),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Upstream(_) => f.write_str("ResponseBody::Upstream"),
+            Self::Full(b) => f.debug_tuple("ResponseBody::Full").field(b).finish(),
+            Self::Admin(_) => f.write_str("ResponseBody::Admin"),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// A body of these bytes.
+    #[must_use]
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let b: Bytes = bytes.into();
+        Self::Full(Some(b).filter(|b| !b.is_empty()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Upstream(u) => Pin::new(u).poll_frame(cx),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Admin(a) => Pin::new(a).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(u) => u.is_end_stream(),
+            Self::Full(b) => b.is_none(),
+            Self::Admin(a) => a.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream(u) => u.size_hint(),
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Admin(a) => a.size_hint(),
+        }
     }
 }
 

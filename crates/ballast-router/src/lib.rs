@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod select;
+pub mod serve;
 pub mod state;
 pub mod table;
 pub mod tls;
@@ -46,8 +47,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use ballast_api::routing::RoutingSnapshot;
 
 pub use crate::config::{load_routes_file, ConfigError, RegistryToken, RouterConfig};
@@ -355,121 +354,16 @@ impl Router {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let app = axum::Router::new()
-            .route("/healthz", get(admin::healthz))
-            .route("/readyz", get(admin::readyz))
-            .route("/metrics", get(admin::metrics))
-            .route("/routes", get(admin::routes))
-            .route("/admin/targets", get(admin::targets))
-            .route("/admin/targets/{id}/drain", post(admin::drain))
-            .route("/admin/targets/{id}/undrain", post(admin::undrain))
-            .fallback(proxy::handle)
-            .with_state(Arc::clone(&self.shared));
         let grace = self.shared.config.shutdown_grace;
         let workers = self.shared.config.workers;
-        if workers > 0 {
-            let result = serve_on_workers(self.listener, app, workers, grace, shutdown).await;
-            drop(self._background);
-            return result;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        // Answers go out at once (no Nagle delay behind a previous small write).
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = tx.send(());
-        });
-        let result = tokio::select! {
-            r = server => r,
-            () = async move {
-                if rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                tracing::warn!("shutdown grace period over; closing remaining connections");
-                Ok(())
-            }
+        let shared = Arc::clone(&self.shared);
+        let result = if workers > 0 {
+            serve::serve_on_workers(self.listener, shared, workers, grace, shutdown).await
+        } else {
+            serve::serve_here(self.listener, shared, grace, shutdown).await
         };
         drop(self._background);
         result
-    }
-}
-
-/// Serves on `workers` threads, each running a single-threaded runtime that accepts from the
-/// shared listening socket and handles its connections start to end (no work stealing, no
-/// cross-thread wake-ups on the request path). On `shutdown` every worker stops accepting and
-/// drains; after `grace` the remaining connections are closed.
-async fn serve_on_workers<F>(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    workers: usize,
-    grace: std::time::Duration,
-    shutdown: F,
-) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let listener = listener.into_std()?;
-    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-    let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
-    let mut done = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let socket = listener.try_clone()?;
-        let app = app.clone();
-        let mut drain = drain_rx.clone();
-        let mut abort = abort_rx.clone();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
-        std::thread::Builder::new()
-            .name(format!("router-worker-{i}"))
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .and_then(|rt| {
-                        rt.block_on(async move {
-                            let listener = tokio::net::TcpListener::from_std(socket)?.tap_io(|tcp| {
-                                let _ = tcp.set_nodelay(true);
-                            });
-                            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                                let _ = drain.wait_for(|d| *d).await;
-                            });
-                            tokio::select! {
-                                r = server => r,
-                                _ = abort.wait_for(|a| *a) => Ok(()),
-                            }
-                        })
-                    });
-                let _ = done_tx.send(result);
-            })?;
-        done.push(done_rx);
-    }
-    drop(listener);
-    let all_done = async move {
-        let mut first_err = None;
-        for d in done {
-            if let Ok(Err(e)) = d.await {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    };
-    tokio::pin!(all_done);
-    tokio::select! {
-        r = &mut all_done => return r,
-        () = shutdown => {}
-    }
-    let _ = drain_tx.send(true);
-    match tokio::time::timeout(grace, &mut all_done).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
-            let _ = abort_tx.send(true);
-            all_done.await
-        }
     }
 }
 

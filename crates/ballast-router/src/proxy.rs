@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Body;
-use axum::extract::State;
 use ballast_api::routing::{AttemptReport, RouteKind, RouterErrorBody, RouterErrorDetail, OPENAI_PATHS};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 
-use crate::body::{read_bounded, ProxyBody, RequestBody, UpstreamBody};
+use crate::body::{read_bounded, ProxyBody, RequestBody, ResponseBody, UpstreamBody};
 use crate::error::{ErrorKind, RouterError};
 use crate::health::{FailureEffect, TargetHealth};
 use crate::select::{self, Candidate};
@@ -30,34 +28,45 @@ pub const H_REGION: &str = "x-ballast-region";
 /// Response header: how many attempts the request took.
 pub const H_ATTEMPTS: &str = "x-ballast-attempts";
 
-/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const N_ROUTE: HeaderName = HeaderName::from_static(H_ROUTE);
+const N_TARGET: HeaderName = HeaderName::from_static(H_TARGET);
+const N_MODEL_VERSION: HeaderName = HeaderName::from_static(H_MODEL_VERSION);
+const N_REGION: HeaderName = HeaderName::from_static(H_REGION);
+const N_ATTEMPTS: HeaderName = HeaderName::from_static(H_ATTEMPTS);
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), with the
+/// legacy `keep-alive` and `proxy-connection`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
-    headers.remove("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
@@ -100,8 +109,11 @@ impl Drop for ProbeGuard {
     }
 }
 
-/// The proxy handler (axum fallback).
-pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response<Body> {
+/// Proxies one request (everything but the router's own endpoints).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
     let active = shared.active();
@@ -120,8 +132,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>
     let route = Arc::clone(&routed.route);
     let mut resp = forward(&shared, &active, routed, parts, started).await;
     let name = route.spec.name.as_str();
-    if !resp.headers().contains_key(H_ROUTE) {
-        resp.headers_mut().insert(H_ROUTE, header_value(name));
+    if !resp.headers().contains_key(&N_ROUTE) {
+        resp.headers_mut().insert(N_ROUTE, header_value(name));
     }
     let m = &shared.metrics;
     if resp.status() == StatusCode::OK {
@@ -142,7 +154,7 @@ async fn find_route(
     active: &Active,
     method: &Method,
     uri: &Uri,
-    body: Body,
+    body: hyper::body::Incoming,
 ) -> Result<Routed, RouterError> {
     let path = uri.path();
     if method == Method::POST && OPENAI_PATHS.contains(&path) {
@@ -256,7 +268,7 @@ struct Winner {
     parts: http::response::Parts,
     first: Option<http_body::Frame<Bytes>>,
     body: hyper::body::Incoming,
-    conn: crate::upstream::Conn,
+    conn: Box<crate::upstream::Conn>,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -266,7 +278,7 @@ async fn forward(
     routed: Routed,
     mut parts: http::request::Parts,
     started: Instant,
-) -> Response<Body> {
+) -> Response<ResponseBody> {
     let route = &routed.route;
     let spec = &route.spec;
     let now = Instant::now();
@@ -517,13 +529,13 @@ async fn attempt(
     limit: Duration,
     by_deadline: bool,
 ) -> Result<Winner, RouterError> {
-    let host = HeaderValue::from_str(cand.target.authority.as_str()).ok();
+    let host = cand.target.host.as_ref();
     let build = || {
         let mut req = Request::new(body());
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
-        if let Some(h) = &host {
+        if let Some(h) = host {
             req.headers_mut().insert(header::HOST, h.clone());
         }
         req
@@ -593,7 +605,7 @@ fn success_response(
     cand: &Candidate,
     winner: Winner,
     attempts: usize,
-) -> Response<Body> {
+) -> Response<ResponseBody> {
     let Winner {
         mut parts,
         first,
@@ -603,11 +615,11 @@ fn success_response(
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     let [route, target, version, region] = &cand.target.served_by;
-    h.insert(HeaderName::from_static(H_ROUTE), route.clone());
-    h.insert(HeaderName::from_static(H_TARGET), target.clone());
-    h.insert(HeaderName::from_static(H_MODEL_VERSION), version.clone());
-    h.insert(HeaderName::from_static(H_REGION), region.clone());
-    h.insert(HeaderName::from_static(H_ATTEMPTS), HeaderValue::from(attempts));
+    h.insert(N_ROUTE, route.clone());
+    h.insert(N_TARGET, target.clone());
+    h.insert(N_MODEL_VERSION, version.clone());
+    h.insert(N_REGION, region.clone());
+    h.insert(N_ATTEMPTS, HeaderValue::from(attempts));
     let on_error = {
         let shared = Arc::clone(shared);
         let route = Arc::clone(&cand.route);
@@ -625,7 +637,7 @@ fn success_response(
         .stream_idle_ms
         .map_or(shared.config.stream_idle_timeout, Duration::from_millis);
     let upstream = UpstreamBody::new(first, body, idle, on_error).with_conn(conn, Arc::clone(&shared.pool));
-    Response::from_parts(parts, Body::new(upstream))
+    Response::from_parts(parts, ResponseBody::Upstream(upstream))
 }
 
 /// The router's own error answer, with every attempt listed.
@@ -633,7 +645,7 @@ pub(crate) fn error_response(
     err: &RouterError,
     attempts: Option<usize>,
     reports: &[AttemptReport],
-) -> Response<Body> {
+) -> Response<ResponseBody> {
     let body = RouterErrorBody {
         error: RouterErrorDetail {
             code: err.code().to_owned(),
@@ -643,12 +655,12 @@ pub(crate) fn error_response(
         },
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut resp = Response::new(Body::from(bytes));
+    let mut resp = Response::new(ResponseBody::full(bytes));
     *resp.status_mut() = err.http_status();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(n) = attempts {
-        resp.headers_mut().insert(H_ATTEMPTS, HeaderValue::from(n));
+        resp.headers_mut().insert(N_ATTEMPTS, HeaderValue::from(n));
     }
     resp
 }

@@ -93,6 +93,14 @@ pub fn plan(
     now: Instant,
 ) -> Plan {
     let mut out = Plan::default();
+    if route.spec.fallbacks.is_empty() {
+        // The common case: one route, nothing to walk.
+        plan_route(route, region, headers, random, now, false, &mut out);
+        if out.candidates.is_empty() {
+            plan_route(route, region, headers, random, now, true, &mut out);
+        }
+        return out;
+    }
     let mut stack = vec![Arc::clone(route)];
     let mut order: Vec<Arc<RouteRt>> = Vec::new();
     // Depth-first over fallbacks, each route once (routes have few fallbacks: a linear scan).
@@ -141,16 +149,20 @@ fn plan_route(
     if panic && !out.panic_routes.contains(&spec.name) {
         out.panic_routes.push(spec.name.clone());
     }
-    let mut regions: Vec<&str> = route.region_order.iter().map(String::as_str).collect();
     // The home region: the router's own, unless the route's order is `listed`.
     let home = route.region_order.first().map_or(region, String::as_str);
+    let mut failed_over = false;
     if route.has_local {
-        let local: Vec<&Arc<TargetRt>> = route.targets.iter().filter(|t| t.spec.region == home).collect();
-        let local_healthy = local.iter().filter(|t| serving(t)).count();
-        let local_ok = local_healthy * 100
-            >= local.len() * usize::try_from(spec.failover.min_healthy_percent).unwrap_or(100);
+        let (local, local_healthy) = route
+            .targets
+            .iter()
+            .filter(|t| t.spec.region == home)
+            .fold((0usize, 0usize), |(n, h), t| (n + 1, h + usize::from(serving(t))));
+        let local_ok =
+            local_healthy * 100 >= local * usize::try_from(spec.failover.min_healthy_percent).unwrap_or(100);
         let hold = Duration::from_millis(spec.failover.hold_down_ms);
-        let (transition, failed_over) = match route.state.failover.lock() {
+        let transition;
+        (transition, failed_over) = match route.state.failover.lock() {
             Ok(mut f) => {
                 f.set_home(home);
                 let t = f.update(now, local_ok, hold);
@@ -161,32 +173,41 @@ fn plan_route(
         if let Some(t) = transition {
             out.transitions.push((spec.name.clone(), t));
         }
-        if failed_over && !regions.is_empty() {
-            let local = regions.remove(0);
-            regions.push(local);
-        }
     }
+    // Failed over: the home region goes last.
+    let rotate = usize::from(failed_over && !route.region_order.is_empty());
+    let regions = route
+        .region_order
+        .iter()
+        .skip(rotate)
+        .chain(route.region_order.iter().take(rotate));
     let key = route_key(route, headers, random);
-    let mut versions: Vec<Option<&str>> = if spec.split.is_empty() {
-        vec![None]
+    let split_versions: Vec<Option<&str>>;
+    let versions: &[Option<&str>] = if spec.split.is_empty() {
+        &[None]
     } else {
         let mut split: Vec<_> = spec.split.iter().collect();
         order_by_score(&mut split, |s| rendezvous_score(key, &s.model_version, s.weight));
-        split
+        let mut v: Vec<Option<&str>> = split
             .into_iter()
             .map(|s| Some(s.model_version.as_str()))
-            .collect()
+            .collect();
+        v.dedup();
+        split_versions = v;
+        &split_versions
     };
-    versions.dedup();
+    let mut tier: Vec<&Arc<TargetRt>> = Vec::with_capacity(route.targets.len());
     for reg in regions {
-        for version in &versions {
-            let mut tier: Vec<&Arc<TargetRt>> = route
-                .targets
-                .iter()
-                .filter(|t| t.spec.region == reg && version.is_none_or(|v| t.spec.model_version == v))
-                .collect();
+        for version in versions {
+            tier.clear();
+            tier.extend(
+                route
+                    .targets
+                    .iter()
+                    .filter(|t| t.spec.region == *reg && version.is_none_or(|v| t.spec.model_version == v)),
+            );
             order_by_score(&mut tier, |t| rendezvous_score(key, &t.spec.id, t.spec.weight));
-            for t in tier {
+            for t in tier.drain(..) {
                 // The operator's drain holds even in panic mode; only "nothing else at all"
                 // (`force_all`) overrides it.
                 if !force_all && t.drain.is_drained() {

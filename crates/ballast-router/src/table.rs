@@ -25,6 +25,8 @@ pub struct TargetRt {
     pub scheme: Scheme,
     /// `host:port`.
     pub authority: Authority,
+    /// The `Host` header sent to it (`authority`, prepared once).
+    pub host: Option<http::HeaderValue>,
     /// Path of the base URL without its trailing `/` (may be empty).
     pub base_path: String,
     /// Health, kept across reloads while the id and URL stay the same.
@@ -140,12 +142,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// FNV-1a: a fast hash for looking route names up on every request. The table's keys come from
+/// the validated snapshot, not from requests, so a keyed (flooding-resistant) hash buys nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+type NameMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<NameHasher>>;
+
 /// The compiled table.
 #[derive(Debug)]
 pub struct Table {
     /// Routes in snapshot order.
     pub routes: Vec<Arc<RouteRt>>,
-    by_name: HashMap<String, usize>,
+    by_name: NameMap<usize>,
     /// Prefix routes, longest prefix first.
     prefixes: Vec<(String, usize)>,
 }
@@ -231,6 +259,7 @@ impl Table {
                     spec: t.clone(),
                     route: route.name.clone(),
                     scheme,
+                    host: http::HeaderValue::from_str(authority.as_str()).ok(),
                     authority,
                     base_path,
                     health: h,

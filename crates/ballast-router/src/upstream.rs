@@ -119,7 +119,7 @@ pub enum SendError {
 /// connection stays with the worker (and runtime) that opened it.
 const SHARDS: usize = 16;
 
-type IdleMap = HashMap<PoolKey, Vec<Conn>>;
+type IdleMap = HashMap<PoolKey, Vec<Box<Conn>>>;
 
 fn shard_of_thread() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -175,7 +175,7 @@ impl Pool {
     }
 
     /// An idle connection for `key` that can take a request now, if the pool has one.
-    async fn take_idle(&self, key: &PoolKey) -> Option<Conn> {
+    async fn take_idle(&self, key: &PoolKey) -> Option<Box<Conn>> {
         loop {
             let mut conn = {
                 let mut idle = lock(&self.idle[shard_of_thread()]);
@@ -201,7 +201,7 @@ impl Pool {
     ///
     /// # Errors
     /// The connection (or its TLS handshake) failed or timed out.
-    async fn connect(&self, key: &PoolKey, connect_ms: u64) -> Result<Conn, RouterError> {
+    async fn connect(&self, key: &PoolKey, connect_ms: u64) -> Result<Box<Conn>, RouterError> {
         let uri = Uri::builder()
             .scheme(key.scheme.clone())
             .authority(key.authority.clone())
@@ -219,18 +219,18 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| RouterError::new(ErrorKind::Connect, format!("cannot connect: {e}")))?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             conn,
             key: key.clone(),
             ended: false,
             reused: false,
             idle_since: Instant::now(),
-        })
+        }))
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub fn checkin(&self, mut conn: Conn) {
+    pub fn checkin(&self, mut conn: Box<Conn>) {
         if conn.ended || conn.sender.is_closed() {
             return;
         }
@@ -256,7 +256,7 @@ impl Pool {
         connect_ms: u64,
         req: Request<ProxyBody>,
         replay: impl FnOnce() -> Option<Request<ProxyBody>>,
-    ) -> Result<(Response<Incoming>, Conn), RouterError> {
+    ) -> Result<(Response<Incoming>, Box<Conn>), RouterError> {
         if let Some(conn) = self.take_idle(key).await {
             match send_on(conn, req).await {
                 Ok(r) => return Ok(r),
@@ -264,14 +264,16 @@ impl Pool {
                 Err(SendError::NotSent(e)) => match replay() {
                     // The kept-alive connection was closed under us: try a fresh one.
                     Some(again) => {
-                        let conn = self.connect(key, connect_ms).await?;
+                        let conn = Box::pin(self.connect(key, connect_ms)).await?;
                         return send_on(conn, again).await.map_err(SendError::into_error);
                     }
                     None => return Err(e),
                 },
             }
         }
-        let conn = self.connect(key, connect_ms).await?;
+        // Boxed: connecting is rare on a warm pool, and its (large) state would otherwise be part
+        // of every request's future.
+        let conn = Box::pin(self.connect(key, connect_ms)).await?;
         send_on(conn, req).await.map_err(SendError::into_error)
     }
 }
@@ -285,7 +287,10 @@ impl SendError {
 }
 
 /// Sends one request on `conn`, driving it until the response head arrives.
-async fn send_on(mut conn: Conn, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Conn), SendError> {
+async fn send_on(
+    mut conn: Box<Conn>,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
     let mut fut = pin!(conn.sender.send_request(req));
     let reused = conn.reused;
     let result = std::future::poll_fn(|cx| {

@@ -125,6 +125,8 @@ fn governance_rule(method: &Method, route: &str) -> Option<Rule> {
         "/v1/policies/{ns}" | "/v1/retention/{ns}" => Rule::Need(Maintain, Path),
         "/v1/transition-requests" if get => Rule::Caller,
         "/v1/gc" => Rule::Need(Admin, Global),
+        "/v1/fsck" => Rule::Need(Admin, Global),
+        "/v1/status" => Rule::Need(Read, Global),
         _ => return None,
     })
 }

@@ -14,9 +14,28 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding `ballast.db` (SQLite metadata) and `blobs/` (artifacts).
     pub data_dir: PathBuf,
+    /// Metadata database: `postgres://user:password@host:port/db` (several nodes may share it)
+    /// or `sqlite:///path/to/ballast.db`. Unset: SQLite at `<data_dir>/ballast.db`. Never
+    /// printed (it may hold a password); logs name the host and database only.
+    pub database_url: Option<Secret>,
+    /// Most PostgreSQL connections used for reads at once (the writer has its own).
+    pub database_max_connections: usize,
+    /// Seconds allowed to open a PostgreSQL connection.
+    pub database_connect_timeout_secs: u64,
+    /// Seconds a PostgreSQL statement may run before the database cancels it.
+    pub database_statement_timeout_secs: u64,
+    /// Seconds a read waits for a free PostgreSQL connection before answering `unavailable`.
+    pub database_pool_timeout_secs: u64,
     /// Where artifacts live: `s3://bucket/prefix` (an S3-compatible bucket, see the `s3_*`
     /// settings) or `file:///absolute/path`. Unset: `<data_dir>/blobs`.
     pub blob_url: Option<String>,
+    /// Artifact regions, each `NAME=URL` (`eu-west=s3://bucket/prefix`,
+    /// `backup=file:///srv/blobs`): blobs are written to the local region and replicated to the
+    /// others in the background; reads fall back to them in this order. Not with `blob_url`. The
+    /// `s3_*` settings apply to every S3 region.
+    pub blob_regions: Vec<String>,
+    /// Which of `blob_regions` is local (written and read first). Unset: the first one.
+    pub local_region: Option<String>,
     /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`). Unset: AWS (or
     /// `AWS_ENDPOINT_URL`).
     pub s3_endpoint: Option<String>,
@@ -80,6 +99,32 @@ impl Config {
         }
     }
 
+    /// The metadata database URL: `database_url`, else SQLite at `<data_dir>/ballast.db`.
+    #[must_use]
+    pub fn database(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("ballast.db").display()),
+        }
+    }
+
+    /// The metadata database for logs and errors: engine, host and database, never credentials.
+    #[must_use]
+    pub fn database_description(&self) -> String {
+        describe_database_url(&self.database())
+    }
+
+    /// Pool and timeout settings toward PostgreSQL.
+    #[must_use]
+    pub fn pg_options(&self) -> ballast_store::PgOptions {
+        ballast_store::PgOptions {
+            connect_timeout: std::time::Duration::from_secs(self.database_connect_timeout_secs.max(1)),
+            statement_timeout: std::time::Duration::from_secs(self.database_statement_timeout_secs.max(1)),
+            max_connections: self.database_max_connections.max(1),
+            pool_timeout: std::time::Duration::from_secs(self.database_pool_timeout_secs.max(1)),
+        }
+    }
+
     /// The S3 connection settings (the bucket and prefix come from `blob_url`).
     #[must_use]
     pub fn s3_options(&self) -> ballast_blob::S3Options {
@@ -94,6 +139,28 @@ impl Config {
             max_retries: self.s3_max_retries,
             ..ballast_blob::S3Options::default()
         }
+    }
+}
+
+/// A database URL without its credentials and parameters: `PostgreSQL at host:port/db` or
+/// `SQLite at /path`.
+#[must_use]
+pub fn describe_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("SQLite at {url}");
+    };
+    if scheme == "sqlite" {
+        return format!("SQLite at {rest}");
+    }
+    if scheme != "postgres" && scheme != "postgresql" {
+        return format!("a {scheme} database");
+    }
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    if rest.is_empty() {
+        "PostgreSQL (default host)".to_owned()
+    } else {
+        format!("PostgreSQL at {rest}")
     }
 }
 
@@ -141,7 +208,14 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             data_dir: PathBuf::from("ballast-data"),
+            database_url: None,
+            database_max_connections: ballast_store::PgOptions::default().max_connections,
+            database_connect_timeout_secs: ballast_store::PgOptions::default().connect_timeout.as_secs(),
+            database_statement_timeout_secs: ballast_store::PgOptions::default().statement_timeout.as_secs(),
+            database_pool_timeout_secs: ballast_store::PgOptions::default().pool_timeout.as_secs(),
             blob_url: None,
+            blob_regions: Vec::new(),
+            local_region: None,
             s3_endpoint: None,
             s3_region: None,
             s3_path_style: false,

@@ -47,7 +47,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if self.code == ErrorCode::Unavailable {
+            // Expected while storage is away (a database outage answers every request so);
+            // clients retry.
+            tracing::warn!(code = %self.code, message = %self.message, "request failed");
+        } else if status.is_server_error() {
             tracing::error!(code = %self.code, message = %self.message, "request failed");
         }
         let body = ErrorBody {

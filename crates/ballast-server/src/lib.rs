@@ -14,11 +14,12 @@ pub mod gc;
 pub mod governance;
 mod metrics;
 mod openapi;
+mod regions;
 pub mod snapshot;
 mod state;
 pub mod webhooks;
 
-pub use config::{Config, Secret};
+pub use config::{describe_database_url, Config, Secret};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballast_store::{SqliteStore, Store};
+use ballast_store::{SqlStore, Store};
 
 /// A bound, not yet serving, registry server.
 pub struct Server {
@@ -48,18 +49,14 @@ impl Server {
                 config.data_dir.display()
             )
         })?;
-        let db = config.data_dir.join("ballast.db");
-        let store = SqliteStore::open(&db)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {}", db.display(), e.message))?;
-        let location = config.blob_location()?;
-        let blobs = ballast_blob::open_store(&location, config.s3_options())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the blob store at {location}: {e}"))?;
+        let store = open_store(&config).await?;
+        let (blobs, regions) = regions::open(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let state = AppState::new(config, Arc::new(store) as Arc<dyn Store>, blobs);
+        let mut state = AppState::new(config, Arc::new(store) as Arc<dyn Store>, blobs);
+        state.regions = regions;
         announce_auth(&state).await?;
         Ok(Self {
             listener,
@@ -93,6 +90,7 @@ impl Server {
             self.state.clone(),
             self.state.shutdown.subscribe(),
         ));
+        let replicator = regions::spawn(&self.state);
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.grace;
         let served = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -115,9 +113,65 @@ impl Server {
         // blob removal stands alone.
         collector.abort();
         let _ = collector.await;
+        // Replication resumes from its durable queue on the next start.
+        replicator.abort();
+        let _ = replicator.await;
         self.state.store.close().await;
         tracing::info!("store closed");
         Ok(())
+    }
+}
+
+/// Opens the metadata store named by the configuration (connecting and migrating block, so off
+/// the async threads).
+async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let (url, opts, described) = (
+        config.database(),
+        config.pg_options(),
+        config.database_description(),
+    );
+    check_database_scheme(&url)?;
+    tracing::info!(database = %described, "opening the metadata store");
+    tokio::task::spawn_blocking(move || SqlStore::connect(&url, &opts))
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the metadata store failed: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot open the metadata store ({described}): {}", e.message))
+}
+
+/// Applies pending schema migrations to the configured database without serving (`ballast
+/// migrate`); returns the schema version before and after.
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails (it is rolled back).
+pub async fn migrate(config: &Config) -> anyhow::Result<(usize, usize)> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let (url, opts, described) = (
+        config.database(),
+        config.pg_options(),
+        config.database_description(),
+    );
+    check_database_scheme(&url)?;
+    tokio::task::spawn_blocking(move || SqlStore::migrate(&url, &opts))
+        .await
+        .map_err(|e| anyhow::anyhow!("the migration failed: {e}"))?
+        .map_err(|e| anyhow::anyhow!("cannot migrate {described}: {}", e.message))
+}
+
+/// Refuses database URLs of engines Ballast does not run on, without echoing the URL (it may
+/// hold a password).
+fn check_database_scheme(url: &str) -> anyhow::Result<()> {
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql" | "sqlite", _)) | None => Ok(()),
+        Some((scheme, _)) => Err(anyhow::anyhow!(
+            "unsupported database URL scheme {scheme}://: use postgres://USER:PASSWORD@HOST:PORT/DB or sqlite:///path/to/ballast.db"
+        )),
     }
 }
 

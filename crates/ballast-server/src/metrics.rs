@@ -75,4 +75,29 @@ fn describe() {
         "bytes of distinct blobs referenced"
     );
     metrics::describe_gauge!("ballast_store_audit_entries", "entries in the audit trail");
+    metrics::describe_gauge!(
+        "ballast_blob_region_up",
+        "whether an artifact region answered its last probe (1) or not (0), by region"
+    );
+    metrics::describe_gauge!(
+        "ballast_replication_queue",
+        "blobs waiting to be copied into a region, by region"
+    );
+    metrics::describe_gauge!(
+        "ballast_replication_lag_seconds",
+        metrics::Unit::Seconds,
+        "age of the oldest blob waiting to be copied into a region (0 when none waits), by region"
+    );
+    metrics::describe_counter!(
+        "ballast_replication_copies_total",
+        "blob copies to other regions, by outcome (ok, failed)"
+    );
+    metrics::describe_counter!(
+        "ballast_blob_fallback_reads_total",
+        "reads served by a region other than the local one"
+    );
+    metrics::describe_counter!(
+        "ballast_blob_repairs_total",
+        "local copies restored from another region, by outcome (ok, failed)"
+    );
 }

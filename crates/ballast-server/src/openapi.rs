@@ -45,6 +45,13 @@ use utoipa::OpenApi;
         description = "Fail-safe model registry: models, versions, artifacts, stages, aliases, audit."
     ),
     components(schemas(
+        crate::api::regions::RegistryStatus,
+        crate::api::regions::RegionInfo,
+        crate::api::regions::ReplicationTotals,
+        crate::api::regions::FsckRequest,
+        crate::api::regions::FsckReport,
+        crate::api::regions::FsckRegion,
+        crate::api::regions::FsckProblem,
         CreateToken,
         CreatedToken,
         GrantRole,
@@ -549,6 +556,22 @@ fn table() -> Vec<Op> {
             Some("GcRequest"),
             "200",
             Some("GcReport"),
+        ),
+        Op(
+            Get,
+            "/v1/status",
+            "Artifact regions: reachability, replication queue and lag per region, replication and fallback totals",
+            None,
+            "200",
+            Some("RegistryStatus"),
+        ),
+        Op(
+            Post,
+            "/v1/fsck",
+            "Check every referenced blob in every region (present, size, digest); repair copies good bytes over missing and corrupt ones (admin on *)",
+            Some("FsckRequest"),
+            "200",
+            Some("FsckReport"),
         ),
         Op(Get, "/v1/policies/{ns}", "A namespace's policy", None, "200", Some("StoredPolicy")),
         Op(

@@ -16,6 +16,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Artifacts.
     pub blobs: Arc<dyn BlobStore>,
+    /// The artifact regions behind `blobs` (one region, `local`, without `blob_regions`): status,
+    /// fsck, replication.
+    pub regions: Arc<ballast_blob::RegionalBlobStore>,
     /// Prometheus exposition.
     pub metrics: crate::metrics::Metrics,
     /// Turns true when the server begins to shut down (long-lived streams end then).
@@ -42,6 +45,7 @@ impl AppState {
             auth,
             config: Arc::new(config),
             store,
+            regions: Arc::new(ballast_blob::RegionalBlobStore::single("", Arc::clone(&blobs))),
             blobs,
             metrics: crate::metrics::Metrics::install(),
             gate: Arc::new(crate::governance::OpenGate),

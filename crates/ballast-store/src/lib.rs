@@ -1,16 +1,18 @@
-//! Metadata storage: the [`Store`] trait that the server talks to, and its embedded SQLite
-//! implementation.
+//! Metadata storage: the [`Store`] trait that the server talks to, and its SQL implementation
+//! on embedded SQLite or on PostgreSQL.
 //!
 //! Every mutation takes a [`Ctx`] (who, which request, optional idempotency key) and commits its
 //! state change, its audit entry and its outbox event in one transaction, or none of them. A
-//! reply means the transaction is durable (SQLite WAL with `synchronous=FULL`).
+//! reply means the transaction is durable (SQLite WAL with `synchronous=FULL`, or a PostgreSQL
+//! commit).
 
 pub mod auth;
+pub mod db;
 mod error;
 pub mod governance;
 pub mod mlflow;
 pub mod retention;
-pub mod sqlite;
+pub mod sql;
 mod types;
 
 pub use auth::{AuthStore, TokenLookup};
@@ -18,7 +20,7 @@ pub use error::{StoreError, StoreResult};
 pub use governance::GovernanceStore;
 pub use mlflow::MlflowStore;
 pub use retention::{GcScope, ModelPlan, RetentionStore, RetentionTarget};
-pub use sqlite::SqliteStore;
+pub use sql::{PgOptions, SqlStore, SqliteStore};
 pub use types::{
     unix_ms, AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter,
     ModelFilter, Precondition, ResolvedRoute, RoutingState, StoreStats, VersionFilter, VersionOrder,

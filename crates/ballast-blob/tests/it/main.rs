@@ -5,6 +5,7 @@
 
 mod conformance;
 mod fixture;
+mod regional;
 mod s3s;
 
 /// Runs each conformance function once per backend, as `local::NAME` and `s3::NAME`.

@@ -6,9 +6,11 @@ pub mod alias;
 pub mod audit;
 pub mod deployment;
 pub mod governance;
+pub mod migrate;
 pub mod model;
 pub mod pull;
 pub mod push;
+pub mod regions;
 pub mod retention;
 pub mod router;
 pub mod server;
@@ -48,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server::run(args, global.json).await?,
         Command::Router(args) => router::run(args, global.json).await?,
+        Command::Migrate(args) => migrate::run(args, global.json).await?,
         Command::Model(cmd) => model::run(&ctx()?, cmd).await?,
         Command::Version(cmd) => version::run(&ctx()?, cmd).await?,
         Command::Alias(cmd) => alias::run(&ctx()?, cmd).await?,
@@ -65,6 +68,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(cmd) => webhook::run_events(&ctx()?, cmd).await?,
         Command::Retention(cmd) => retention::run_retention(&ctx()?, cmd).await?,
         Command::Gc(args) => retention::run_gc(&ctx()?, args).await?,
+        Command::Status => regions::run_status(&ctx()?).await?,
+        Command::Fsck(args) => regions::run_fsck(&ctx()?, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

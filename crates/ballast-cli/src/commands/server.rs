@@ -28,9 +28,15 @@ struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<ballast_server::auth::AuthMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     blob_url: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    blob_regions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     s3_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,7 +50,7 @@ struct Overrides {
 }
 
 /// Builds the configuration from its layers.
-fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
+pub(crate) fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
     let file = match &args.config {
         Some(path) => {
             if !path.is_file() {
@@ -60,8 +66,11 @@ fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
         auth: args.auth,
         blob_url: args.blob_url.clone(),
+        blob_regions: args.blob_regions.clone(),
+        local_region: args.local_region.clone(),
         s3_endpoint: args.s3_endpoint.clone(),
         s3_region: args.s3_region.clone(),
         s3_path_style: args.s3_path_style.then_some(true),
@@ -82,13 +91,17 @@ fn load_config(args: &ServerArgs, env: Env) -> anyhow::Result<Config> {
         })
 }
 
-/// The server's environment layer: `BALLAST_<FIELD>`, minus the CLI's own variables and those of
-/// other commands (`BALLAST_ROUTER_*`, `BALLAST_WEBHOOK_SECRET`), so a shell set up for every
+/// The server's environment layer: `BALLAST_<FIELD>`, minus the CLI's own variables, those of
+/// other commands (`BALLAST_ROUTER_*`, `BALLAST_WEBHOOK_SECRET`) and of the test setup
+/// (`BALLAST_TEST_*`, `BALLAST_PG_*` from `.ci/postgres.sh`), so a shell set up for every
 /// command still starts the server, while a misspelt server variable is still refused.
-fn server_env() -> Env {
+pub(crate) fn server_env() -> Env {
     Env::prefixed("BALLAST_").ignore(&CLIENT_ENV).filter(|key| {
         let key = key.as_str().to_ascii_lowercase();
-        !key.starts_with("router_") && key != "webhook_secret"
+        !key.starts_with("router_")
+            && !key.starts_with("test_")
+            && !key.starts_with("pg_")
+            && key != "webhook_secret"
     })
 }
 
@@ -119,11 +132,18 @@ pub async fn run(args: ServerArgs, json: bool) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let listen = config.listen;
     let auth_on = config.auth == ballast_server::auth::AuthMode::On;
+    let database = config
+        .database_url
+        .is_some()
+        .then(|| config.database_description());
     let blobs = config
         .blob_url
         .as_ref()
         .and(config.blob_location().ok())
-        .map(|l| l.to_string());
+        .map(|l| l.to_string())
+        .or_else(|| {
+            (!config.blob_regions.is_empty()).then(|| format!("regions {}", config.blob_regions.join(", ")))
+        });
     let shutdown = shutdown_signal()?;
     let server = Server::bind(config).await.with_context(|| {
         format!(
@@ -133,20 +153,22 @@ pub async fn run(args: ServerArgs, json: bool) -> anyhow::Result<()> {
     })?;
     let addr = server.local_addr().context("cannot read the bound address")?;
     let data_dir = absolute(&data_dir);
-    tracing::info!(listen = %addr, data_dir = %data_dir.display(), blobs = blobs.as_deref().unwrap_or("data_dir"), "ballast server ready");
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), database = database.as_deref().unwrap_or("data_dir"), blobs = blobs.as_deref().unwrap_or("data_dir"), "ballast server ready");
     if json {
         output::json(&serde_json::json!({
             "listen": addr.to_string(),
             "url": format!("http://{addr}"),
             "data_dir": data_dir.display().to_string(),
             "blob_url": blobs,
+            "database": database,
             "auth": auth_on,
             "admin_token_file": auth_on.then(|| data_dir.join(ballast_server::auth::ADMIN_TOKEN_FILE).display().to_string()),
         }))?;
     } else {
         let artifacts = blobs.map(|b| format!(", artifacts in {b}")).unwrap_or_default();
+        let metadata = database.map(|d| format!(", metadata in {d}")).unwrap_or_default();
         outln!(
-            "ballast server listening on http://{addr} (data in {}{artifacts})",
+            "ballast server listening on http://{addr} (data in {}{metadata}{artifacts})",
             data_dir.display()
         );
         if auth_on {
@@ -220,6 +242,39 @@ mod tests {
             .err()
             .map(|e| format!("{e:#}"));
         assert!(err.unwrap_or_default().contains("does not exist"));
+    }
+
+    #[test]
+    fn database_settings_come_from_file_and_flags_and_never_print() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let c = load_config(&args(None), no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert!(c.database_url.is_none());
+        assert!(c.database().starts_with("sqlite://"));
+        assert!(c.database().ends_with("ballast.db"));
+        assert_eq!(c.pg_options().max_connections, 16);
+
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"postgres://reg:file-pw@db.internal:5433/registry\"\ndatabase_max_connections = 4\ndatabase_pool_timeout_secs = 2\n",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let c = load_config(&args(Some(file.clone())), no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.database(), "postgres://reg:file-pw@db.internal:5433/registry");
+        assert_eq!(
+            c.database_description(),
+            "PostgreSQL at db.internal:5433/registry"
+        );
+        let pg = c.pg_options();
+        assert_eq!(pg.max_connections, 4);
+        assert_eq!(pg.pool_timeout.as_secs(), 2);
+        assert!(!format!("{c:?}").contains("file-pw"));
+
+        let mut a = args(Some(file));
+        a.database_url = Some("postgres://reg:flag-pw@other:5432/r2".into());
+        let c = load_config(&a, no_env()).unwrap_or_else(|e| unreachable!("{e:#}"));
+        assert_eq!(c.database_description(), "PostgreSQL at other:5432/r2");
+        assert!(!format!("{c:?}").contains("flag-pw"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 mod cli;
 mod crash;
+mod dboutage;
 mod governance;
+mod multinode;
+mod regions;
 mod retention;
 mod support;
 mod webhooks;

@@ -65,11 +65,20 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts `ballast server` and waits until `/readyz` answers.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[], &[]).await
+    }
+
+    /// Starts `ballast server` with extra flags and environment variables and waits until
+    /// `/readyz` answers. A node joining a shared database that another node bootstrapped has
+    /// no `admin.token` of its own: use the first node's token.
+    pub async fn start_with(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(bin())
             .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -78,10 +87,12 @@ impl ServerProc {
         let url = format!("http://127.0.0.1:{port}");
         let mut me = Self { child, url };
         me.wait_ready().await;
-        TOKENS
-            .lock()
-            .unwrap()
-            .push((me.url.clone(), admin_token(data_dir)));
+        if data_dir.join("admin.token").is_file() {
+            TOKENS
+                .lock()
+                .unwrap()
+                .push((me.url.clone(), admin_token(data_dir)));
+        }
         me
     }
 

@@ -12,6 +12,7 @@ mod files;
 pub(crate) mod mlflow;
 mod models;
 mod policies;
+pub mod regions;
 mod retention;
 mod routes;
 mod routing;
@@ -146,6 +147,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(retention::delete_model),
         )
         .route("/v1/gc", post(retention::run_gc))
+        .route("/v1/status", get(regions::status))
+        .route("/v1/fsck", post(regions::fsck))
         .route("/v1/whoami", get(access::whoami))
         .route("/v1/tokens", post(access::create_token).get(access::list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(access::revoke_token))

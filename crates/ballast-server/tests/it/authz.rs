@@ -55,7 +55,8 @@ fn expectation(method: &str, path: &str) -> Need {
             | "/v1/events/stream"
             | "/v1/deployments"
             | "/v1/routes"
-            | "/v1/routing/snapshot",
+            | "/v1/routing/snapshot"
+            | "/v1/status",
         ) => Global("read"),
         (_, "/v1/deployments/{id}" | "/v1/routes/{name}") => Global("maintain"),
         ("get", "/v1/policies/{ns}" | "/v1/retention/{ns}") => Ns("read"),
@@ -64,7 +65,8 @@ fn expectation(method: &str, path: &str) -> Need {
             if p.starts_with("/v1/webhooks")
                 || p.starts_with("/v1/tokens")
                 || p.starts_with("/v1/roles")
-                || p == "/v1/gc" =>
+                || p == "/v1/gc"
+                || p == "/v1/fsck" =>
         {
             Global("admin")
         }

@@ -14,6 +14,7 @@ mod idempotency;
 mod lifecycle;
 mod listing;
 mod mlflow;
+mod regions;
 mod retention;
 mod routing;
 mod s3;

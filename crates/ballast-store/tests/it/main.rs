@@ -3,7 +3,7 @@
 //! against the [`ballast_store::Store`] trait and run against each backend.
 //!
 //! Plugging in a backend:
-//! 1. add a module next to `sqlite.rs` with an `async fn fresh() -> Fixture` that returns a new,
+//! 1. add a module next to `sqlite.rs` with an `async fn fresh() -> Option<Fixture>` that returns a new,
 //!    empty store (a fresh database or schema) and whatever must outlive it (a temporary
 //!    directory, a dropped-on-exit schema) as the fixture's guard;
 //! 2. in that module, invoke `conformance_suite!(fresh);` — it expands one `#[tokio::test]` per
@@ -16,4 +16,8 @@
 
 #[macro_use]
 mod conformance;
+mod collation;
+mod governance_nodes;
+mod nodes;
+mod postgres;
 mod sqlite;

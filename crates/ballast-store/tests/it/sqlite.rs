@@ -6,11 +6,11 @@ use ballast_store::{SqliteStore, Store};
 
 use crate::conformance::Fixture;
 
-async fn fresh() -> Fixture {
+async fn fresh() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = SqliteStore::open(&dir.path().join("ballast.db")).expect("open a fresh SQLite store");
     let store: Arc<dyn Store> = Arc::new(store);
-    Fixture::new(store, Box::new(dir))
+    Some(Fixture::new(store, Box::new(dir)))
 }
 
 conformance_suite!(fresh);

@@ -354,3 +354,119 @@ pub async fn failures_among_concurrent_changes_leave_no_trace(store: Arc<dyn Sto
     assert_eq!(store.stats().await.expect("stats").models, 1 + ok);
     super::assert_audit_matches_events(store.as_ref()).await;
 }
+
+/// Text no database can hold (NUL) is refused wherever a user can send it, changing nothing;
+/// text that merely looks like an escaped NUL is kept as sent and stays searchable.
+pub async fn nul_characters_are_refused(store: Arc<dyn Store>) {
+    let m = name("acme/bot");
+    let bad_model = CreateModel {
+        name: "acme/bot".into(),
+        description: "a\0b".into(),
+        ..CreateModel::default()
+    };
+    assert_eq!(
+        code(store.create_model(&ctx("a"), bad_model).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(code(store.get_model(&m).await), ErrorCode::NotFound);
+    model(store.as_ref(), "acme/bot", &[]).await;
+    let v = sealed(store.as_ref(), &m, &[("acc", 0.5)], &[]).await;
+    let before = trail(store.as_ref()).await;
+    let model_before = store.get_model(&m).await.expect("model");
+
+    let update = UpdateModel {
+        description: Some("\0".into()),
+        ..UpdateModel::default()
+    };
+    assert_eq!(
+        code(
+            store
+                .update_model(&ctx("a"), &m, update, Precondition::None)
+                .await
+        ),
+        ErrorCode::InvalidArgument
+    );
+    let nul_metadata = [
+        VersionMetadata {
+            description: "x\0".into(),
+            ..VersionMetadata::default()
+        },
+        VersionMetadata {
+            hyperparameters: [("lr".to_owned(), serde_json::json!(["ok", "x\0y"]))].into(),
+            ..VersionMetadata::default()
+        },
+        VersionMetadata {
+            hyperparameters: [("l\0r".to_owned(), serde_json::json!(1))].into(),
+            ..VersionMetadata::default()
+        },
+        VersionMetadata {
+            model_card: Some("# card\0".into()),
+            ..VersionMetadata::default()
+        },
+    ];
+    for metadata in nul_metadata {
+        let req = CreateVersion {
+            metadata: metadata.clone(),
+            ..CreateVersion::default()
+        };
+        assert_eq!(
+            code(store.create_version(&ctx("a"), &m, req).await),
+            ErrorCode::InvalidArgument,
+            "{metadata:?}"
+        );
+    }
+    assert_eq!(
+        code(
+            store
+                .set_stage(
+                    &ctx("a"),
+                    &m,
+                    v.version,
+                    Stage::Staging,
+                    Some("ship\0it".into()),
+                    Precondition::None
+                )
+                .await
+        ),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        trail(store.as_ref()).await,
+        before,
+        "refused changes leave no trace"
+    );
+    assert_eq!(
+        json(&store.get_model(&m).await.expect("model")),
+        json(&model_before)
+    );
+
+    // A backslash followed by "u0000" is ordinary text.
+    let req = CreateVersion {
+        metadata: VersionMetadata {
+            description: "escaped: \\u0000".into(),
+            metrics: [("acc".to_owned(), 0.9)].into(),
+            ..VersionMetadata::default()
+        },
+        ..CreateVersion::default()
+    };
+    let created = store.create_version(&ctx("a"), &m, req).await.expect("create");
+    assert_eq!(created.version, v.version + 1, "refused creates used no number");
+    let got = store.get_version(&m, created.version).await.expect("get");
+    assert_eq!(got.metadata.description, "escaped: \\u0000");
+    let by_metric = store
+        .list_versions(
+            &m,
+            ballast_store::VersionFilter {
+                order: ballast_store::VersionOrder::Metric("acc".into()),
+                descending: true,
+                limit: 10,
+                ..ballast_store::VersionFilter::default()
+            },
+        )
+        .await
+        .expect("list by metric");
+    let numbers: Vec<u64> = by_metric.versions.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, [created.version, v.version]);
+    let audit = store.stats().await.expect("stats").audit_entries;
+    assert_eq!(store.verify_audit().await.expect("verify"), Ok(audit));
+}

@@ -59,6 +59,44 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// Model pages follow the byte order of namespace and name (as the cursors compare them), not the
+/// collation of the database's locale, which orders punctuation differently.
+pub async fn model_pages_are_in_byte_order(store: Arc<dyn Store>) {
+    let names = [
+        "ns_x/c", "ns-x/b", "ns.x/a", "ns/a_c", "ns/a-b", "ns/a.d", "ns/a1", "ns/ab", "ns/b", "nsa/a",
+    ];
+    for n in names {
+        model(store.as_ref(), n, &[]).await;
+    }
+    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    // By namespace, then name, each compared as bytes.
+    want.sort_unstable_by_key(|n| {
+        let (ns, m) = n.split_once('/').unwrap_or_default();
+        (ns.as_bytes().to_vec(), m.as_bytes().to_vec())
+    });
+    for limit in [1, 3, 100] {
+        let got = model_pages(
+            store.as_ref(),
+            ModelFilter {
+                limit,
+                ..ModelFilter::default()
+            },
+        )
+        .await;
+        assert_eq!(got, want, "limit {limit}");
+    }
+    let got = model_pages(
+        store.as_ref(),
+        ModelFilter {
+            prefix: Some("ns/a".into()),
+            limit: 2,
+            ..ModelFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(got, ["ns/a-b", "ns/a.d", "ns/a1", "ns/a_c", "ns/ab"]);
+}
+
 /// Models page by name in every page size, each exactly once; a model created between pages
 /// after the cursor shows up, one before it does not disturb the rest.
 pub async fn model_pages_have_no_duplicates_or_gaps(store: Arc<dyn Store>) {
@@ -478,6 +516,49 @@ pub async fn bad_cursors_are_refused(store: Arc<dyn Store>) {
             .await;
         assert_eq!(code(r), ErrorCode::InvalidArgument, "version cursor {bad:?}");
     }
+    // Well-formed cursors whose key does not have the type of the listing's order.
+    let cursor = |v: serde_json::Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let r = store
+        .list_models(ModelFilter {
+            limit: 10,
+            cursor: Some(cursor(serde_json::json!([1, 2]))),
+            ..ModelFilter::default()
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument, "model cursor of numbers");
+    let orders = [
+        (VersionOrder::Number, serde_json::json!(["x", 1])),
+        (VersionOrder::Number, serde_json::json!([1.5, 1])),
+        (VersionOrder::CreatedAt, serde_json::json!([1, 1])),
+        (VersionOrder::Metric("acc".into()), serde_json::json!(["x", 1])),
+        (VersionOrder::Metric("acc".into()), serde_json::json!([null, 1])),
+        (VersionOrder::Number, serde_json::json!([1, "x"])),
+        (VersionOrder::Number, serde_json::json!([1])),
+    ];
+    for (order, bad) in orders {
+        for descending in [false, true] {
+            let r = store
+                .list_versions(
+                    &m,
+                    VersionFilter {
+                        limit: 10,
+                        order: order.clone(),
+                        descending,
+                        cursor: Some(cursor(bad.clone())),
+                        ..VersionFilter::default()
+                    },
+                )
+                .await;
+            assert_eq!(
+                code(r),
+                ErrorCode::InvalidArgument,
+                "version cursor {bad} for {order:?}"
+            );
+        }
+    }
 }
 
 /// Newest-first pages: a version created while a client pages does not push already-seen
@@ -509,4 +590,97 @@ pub async fn versions_created_between_pages_are_not_repeated(store: Arc<dyn Stor
         .await,
     );
     assert_eq!(got, (1..=10).rev().collect::<Vec<u64>>());
+}
+
+/// A listed model or version is exactly what reading it alone returns: files, aliases, stage
+/// and the production version belong to the right entry on every page.
+pub async fn listed_entries_equal_single_reads(store: Arc<dyn Store>) {
+    for (i, full) in ["acme/bot", "acme/ranker", "other/bot"].into_iter().enumerate() {
+        let m = name(full);
+        model(store.as_ref(), full, &[("team", "x")]).await;
+        for _ in 0..=i {
+            sealed(store.as_ref(), &m, &[("acc", 0.5)], &[]).await;
+        }
+        draft(store.as_ref(), &m, &[], &[("wip", "yes")]).await;
+        store
+            .set_alias(&ctx("a"), &m, &format!("a{i}"), 1, Precondition::None)
+            .await
+            .expect("alias");
+        if i > 0 {
+            for stage in [Stage::Staging, Stage::Production] {
+                store
+                    .set_stage(&ctx("a"), &m, 2, stage, None, Precondition::None)
+                    .await
+                    .expect("promote");
+            }
+            store
+                .set_alias(&ctx("a"), &m, "champion", 2, Precondition::None)
+                .await
+                .expect("alias");
+        }
+    }
+    let mut cursor = None;
+    let mut seen = 0;
+    loop {
+        let page = store
+            .list_models(ModelFilter {
+                limit: 2,
+                cursor: cursor.clone(),
+                ..ModelFilter::default()
+            })
+            .await
+            .expect("models");
+        for listed in &page.models {
+            let alone = store.get_model(&name(&listed.name)).await.expect("model");
+            assert_eq!(super::json(listed), super::json(&alone));
+            seen += 1;
+        }
+        let m = name("acme/ranker");
+        let versions = store
+            .list_versions(
+                &m,
+                VersionFilter {
+                    limit: 2,
+                    descending: true,
+                    ..VersionFilter::default()
+                },
+            )
+            .await
+            .expect("versions");
+        for listed in &versions.versions {
+            let alone = store.get_version(&m, listed.version).await.expect("version");
+            assert_eq!(super::json(listed), super::json(&alone));
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 3);
+    let ranker = store.get_model(&name("acme/ranker")).await.expect("model");
+    assert_eq!(ranker.production_version, Some(2));
+    assert_eq!(ranker.aliases.get("champion"), Some(&2));
+    assert_eq!(ranker.aliases.get("a1"), Some(&1));
+    let bot = store.get_model(&name("acme/bot")).await.expect("model");
+    assert_eq!(bot.production_version, None);
+    assert_eq!(bot.aliases.len(), 1);
+    let all = store
+        .list_versions(
+            &name("other/bot"),
+            VersionFilter {
+                limit: 100,
+                ..VersionFilter::default()
+            },
+        )
+        .await
+        .expect("versions");
+    for listed in &all.versions {
+        let alone = store
+            .get_version(&name("other/bot"), listed.version)
+            .await
+            .expect("version");
+        assert_eq!(super::json(listed), super::json(&alone));
+    }
+    let files: Vec<usize> = all.versions.iter().map(|v| v.files.len()).collect();
+    assert_eq!(files, [1, 1, 1, 0]);
 }

@@ -10,8 +10,11 @@ pub mod auth;
 pub mod cas;
 pub mod errors;
 pub mod events;
+pub mod governance;
 pub mod idempotency;
 pub mod listing;
+pub mod mlflow;
+pub mod retention;
 pub mod routing;
 pub mod stages;
 pub mod versions;
@@ -58,6 +61,7 @@ macro_rules! conformance_suite {
             errors::usual_mistakes_have_stable_codes,
             errors::failed_mutations_change_nothing,
             errors::failures_among_concurrent_changes_leave_no_trace,
+            errors::nul_characters_are_refused,
             events::the_change_feed_pages_without_gaps,
             events::the_change_feed_filters_by_type,
             events::events_describe_their_subject,
@@ -68,6 +72,8 @@ macro_rules! conformance_suite {
             listing::version_pages_in_every_order,
             listing::version_tag_metric_and_stage_filters,
             listing::bad_cursors_are_refused,
+            listing::model_pages_are_in_byte_order,
+            listing::listed_entries_equal_single_reads,
             routing::deployments_are_recorded_for_sealed_versions,
             routing::routes_resolve_in_the_routing_state,
             versions::deleted_numbers_are_never_reused,
@@ -81,13 +87,29 @@ macro_rules! conformance_suite {
             webhooks::two_claimers_never_hold_the_same_delivery,
             webhooks::leases_expire_and_lost_leases_cannot_finish,
             webhooks::attempts_retry_die_and_redeliver,
+            mlflow::names_map_onto_registry_names_and_rename,
+            mlflow::the_search_index_filters_by_name_prefix,
+            mlflow::versions_keep_their_mlflow_fields,
+            mlflow::transitions_move_in_one_step_and_archive_the_others,
+            mlflow::tracking_objects_are_unique_and_ordered,
+            mlflow::concurrent_registrations_have_one_winner_and_gap_free_numbers,
+            governance::policies_have_revisions_and_preconditions,
+            governance::a_transition_waits_for_approvals_then_moves,
+            governance::concurrent_reviews_count_once,
+            governance::requests_end_rejected_cancelled_blocked_or_superseded,
+            retention::retention_policies_are_validated_and_revised,
+            retention::retention_applies_to_the_models_in_scope,
+            retention::the_plan_keeps_protected_versions_and_apply_removes_the_rest,
         );
     };
     (@expand $fresh:path; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let fixture = $fresh().await;
+                // `None`: the backend's server is not available on this machine (never under CI).
+                let Some(fixture) = $fresh().await else {
+                    return;
+                };
                 crate::conformance::$module::$name(fixture.store()).await;
                 fixture.close().await;
             }

@@ -1,7 +1,8 @@
-//! [`GovernanceStore`] for SQLite. Every decision (a request's gates, a review, a completion) is
-//! taken inside the writer's transaction: reviews are unique per (request, reviewer), so
-//! concurrent approvals count once, and the approval that completes a request moves the version
-//! in the same savepoint as its own audit entry and event.
+//! [`GovernanceStore`] on the SQL store (SQLite or PostgreSQL). Every decision (a request's
+//! gates, a review, a completion) is taken inside the writer's transaction: reviews are unique
+//! per (request, reviewer), so concurrent approvals count once, and the approval that completes
+//! a request moves the version in the same savepoint as its own audit entry and event. On
+//! PostgreSQL the writers of all nodes take turns, so this holds across nodes too.
 
 use async_trait::async_trait;
 use ballast_api::governance::{
@@ -10,13 +11,12 @@ use ballast_api::governance::{
 };
 use ballast_api::{StageChange, Version};
 use ballast_core::{name::validate_namespace, ErrorCode, ModelName, Stage};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::ops::{record_change, set_stage};
 use super::query::{self, model_id, now, parse_stage, to_i64, to_u64};
-use super::SqliteStore;
+use super::SqlStore;
+use crate::db::{Db, Row, Value as SqlValue};
 use crate::governance::{GovernanceStore, PolicyTarget, StageRequest, TransitionFilter};
 use crate::{Ctx, Precondition, StoreError, StoreResult};
 
@@ -63,31 +63,35 @@ fn check_revision(pre: Precondition, current: Option<u64>, what: &str) -> StoreR
 }
 
 /// The `(namespace, model_id)` key of a policy target, and its subject in audit and events.
-fn target_key(conn: &Connection, target: &PolicyTarget) -> StoreResult<(String, Option<i64>, String)> {
+fn target_key(db: &dyn Db, target: &PolicyTarget) -> StoreResult<(String, Option<i64>, String)> {
     match target {
         PolicyTarget::Namespace(ns) => {
             validate_namespace(ns)?;
             Ok((ns.clone(), None, ns.clone()))
         }
-        PolicyTarget::Model(m) => Ok((m.namespace().to_owned(), Some(model_id(conn, m)?), m.to_string())),
+        PolicyTarget::Model(m) => Ok((m.namespace().to_owned(), Some(model_id(db, m)?), m.to_string())),
     }
 }
 
 fn load_policy(
-    conn: &Connection,
+    db: &dyn Db,
     ns: &str,
     model: Option<i64>,
     target: String,
 ) -> StoreResult<Option<StoredPolicy>> {
-    let row: Option<(String, i64, String, String)> = conn
-        .prepare_cached(
-            "SELECT body, revision, updated_by, updated_at FROM policies
-             WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(?2, 0)",
-        )?
-        .query_row(params![ns, model], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?;
+    let row = db.query_row_opt(
+        "SELECT body, revision, updated_by, updated_at FROM policies
+         WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(CAST(?2 AS BIGINT), 0)",
+        crate::params![ns, model],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+            ))
+        },
+    )?;
     row.map(|(body, revision, updated_by, updated_at)| {
         Ok(StoredPolicy {
             scope: if model.is_some() {
@@ -105,21 +109,21 @@ fn load_policy(
     .transpose()
 }
 
-fn get_policy(conn: &Connection, target: &PolicyTarget) -> StoreResult<StoredPolicy> {
-    let (ns, model, subject) = target_key(conn, target)?;
-    load_policy(conn, &ns, model, subject)?
+fn get_policy(db: &dyn Db, target: &PolicyTarget) -> StoreResult<StoredPolicy> {
+    let (ns, model, subject) = target_key(db, target)?;
+    load_policy(db, &ns, model, subject)?
         .ok_or_else(|| StoreError::not_found(format!("a policy on {target}")))
 }
 
 fn set_policy(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     target: &PolicyTarget,
     policy: &Policy,
     pre: Precondition,
 ) -> StoreResult<StoredPolicy> {
-    let (ns, model, subject) = target_key(conn, target)?;
-    let before = load_policy(conn, &ns, model, subject.clone())?;
+    let (ns, model, subject) = target_key(db, target)?;
+    let before = load_policy(db, &ns, model, subject.clone())?;
     check_revision(
         pre,
         before.as_ref().map(|p| p.revision),
@@ -128,21 +132,21 @@ fn set_policy(
     let body = serde_json::to_string(policy)?;
     let at = now();
     if before.is_some() {
-        conn.prepare_cached(
+        db.execute(
             "UPDATE policies SET body = ?3, revision = revision + 1, updated_by = ?4, updated_at = ?5
-             WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(?2, 0)",
-        )?
-        .execute(params![ns, model, body, ctx.actor, at])?;
+             WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(CAST(?2 AS BIGINT), 0)",
+            crate::params![ns, model, body, ctx.actor, at],
+        )?;
     } else {
-        conn.prepare_cached(
+        db.execute(
             "INSERT INTO policies (namespace, model_id, body, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![ns, model, body, ctx.actor, at])?;
+            crate::params![ns, model, body, ctx.actor, at],
+        )?;
     }
-    let after = load_policy(conn, &ns, model, subject.clone())?
+    let after = load_policy(db, &ns, model, subject.clone())?
         .ok_or_else(|| StoreError::internal("the policy just written cannot be read"))?;
     record_change(
-        conn,
+        db,
         ctx,
         "policy.updated",
         &subject,
@@ -155,17 +159,17 @@ fn set_policy(
     Ok(after)
 }
 
-fn delete_policy(conn: &Connection, ctx: &Ctx, target: &PolicyTarget, pre: Precondition) -> StoreResult<()> {
-    let (ns, model, subject) = target_key(conn, target)?;
-    let before = load_policy(conn, &ns, model, subject.clone())?
+fn delete_policy(db: &dyn Db, ctx: &Ctx, target: &PolicyTarget, pre: Precondition) -> StoreResult<()> {
+    let (ns, model, subject) = target_key(db, target)?;
+    let before = load_policy(db, &ns, model, subject.clone())?
         .ok_or_else(|| StoreError::not_found(format!("a policy on {target}")))?;
     check_revision(pre, Some(before.revision), &format!("the policy on {target}"))?;
-    conn.prepare_cached(
-        "DELETE FROM policies WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(?2, 0)",
-    )?
-    .execute(params![ns, model])?;
+    db.execute(
+        "DELETE FROM policies WHERE namespace = ?1 AND coalesce(model_id, 0) = coalesce(CAST(?2 AS BIGINT), 0)",
+        crate::params![ns, model],
+    )?;
     record_change(
-        conn,
+        db,
         ctx,
         "policy.deleted",
         &subject,
@@ -174,34 +178,35 @@ fn delete_policy(conn: &Connection, ctx: &Ctx, target: &PolicyTarget, pre: Preco
     )
 }
 
-fn effective(conn: &Connection, name: &ModelName) -> StoreResult<EffectivePolicy> {
-    let id = model_id(conn, name)?;
-    let ns = load_policy(conn, name.namespace(), None, name.namespace().to_owned())?;
-    let m = load_policy(conn, name.namespace(), Some(id), name.to_string())?;
+fn effective(db: &dyn Db, name: &ModelName) -> StoreResult<EffectivePolicy> {
+    let id = model_id(db, name)?;
+    let ns = load_policy(db, name.namespace(), None, name.namespace().to_owned())?;
+    let m = load_policy(db, name.namespace(), Some(id), name.to_string())?;
     Ok(EffectivePolicy::from_parts(name.to_string(), ns, m))
 }
 
-fn production(conn: &Connection, id: i64, name: &ModelName) -> StoreResult<Option<Version>> {
-    query::newest_in_stage(conn, id, Stage::Production)?
-        .map(|n| query::load_version(conn, id, name, n))
+fn production(db: &dyn Db, id: i64, name: &ModelName) -> StoreResult<Option<Version>> {
+    query::newest_in_stage(db, id, Stage::Production)?
+        .map(|n| query::load_version(db, id, name, n))
         .transpose()
 }
 
-fn load_reviews(conn: &Connection, id: i64) -> StoreResult<Vec<Review>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT reviewer, decision, comment, at FROM transition_reviews WHERE request_id = ?1 ORDER BY at, reviewer",
-    )?;
-    let rows = stmt.query_map([id], |r| {
+fn load_reviews(db: &dyn Db, id: i64) -> StoreResult<Vec<Review>> {
+    let c = query::bytewise(db);
+    let sql = format!(
+        "SELECT reviewer, decision, comment, at FROM transition_reviews WHERE request_id = ?1
+         ORDER BY at{c}, reviewer{c}"
+    );
+    let rows = db.query_map(&sql, crate::params![id], |r| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, String>(3)?,
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<Option<String>>(2)?,
+            r.get::<String>(3)?,
         ))
     })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (reviewer, decision, comment, at) = row?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (reviewer, decision, comment, at) in rows {
         let decision = match decision.as_str() {
             "approve" => Decision::Approve,
             "reject" => Decision::Reject,
@@ -244,7 +249,7 @@ struct RawRequest {
     resolution: Option<String>,
 }
 
-fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRequest> {
+fn raw(r: &Row) -> StoreResult<RawRequest> {
     Ok(RawRequest {
         id: r.get(0)?,
         ns: r.get(1)?,
@@ -278,8 +283,8 @@ fn parse_risk(s: &str) -> StoreResult<RiskLevel> {
         .map_err(|_| StoreError::internal(format!("unknown risk level {s:?} in the database")))
 }
 
-fn finish_request(conn: &Connection, raw: RawRequest) -> StoreResult<TransitionRequest> {
-    let reviews = load_reviews(conn, raw.id)?;
+fn finish_request(db: &dyn Db, raw: RawRequest) -> StoreResult<TransitionRequest> {
+    let reviews = load_reviews(db, raw.id)?;
     let approvals = reviews.iter().filter(|r| r.decision == Decision::Approve).count();
     let verdicts: Vec<GateVerdict> = serde_json::from_str(&raw.verdicts)?;
     Ok(TransitionRequest {
@@ -306,20 +311,17 @@ fn finish_request(conn: &Connection, raw: RawRequest) -> StoreResult<TransitionR
     })
 }
 
-fn load_request(conn: &Connection, id: u64) -> StoreResult<Option<TransitionRequest>> {
+fn load_request(db: &dyn Db, id: u64) -> StoreResult<Option<TransitionRequest>> {
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM transition_requests r JOIN models m ON m.id = r.model_id WHERE r.id = ?1"
     );
-    let row = conn
-        .prepare_cached(&sql)?
-        .query_row([to_i64(id)], raw)
-        .optional()?;
-    row.map(|r| finish_request(conn, r)).transpose()
+    let row = db.query_row_opt(&sql, crate::params![to_i64(id)], raw)?;
+    row.map(|r| finish_request(db, r)).transpose()
 }
 
 /// A request of this model (another model's request is not found here).
-fn request_of(conn: &Connection, name: &ModelName, id: u64) -> StoreResult<TransitionRequest> {
-    load_request(conn, id)?
+fn request_of(db: &dyn Db, name: &ModelName, id: u64) -> StoreResult<TransitionRequest> {
+    load_request(db, id)?
         .filter(|r| r.model == name.to_string())
         .ok_or_else(|| StoreError::not_found(format!("transition request {id} of {name}")))
 }
@@ -345,21 +347,21 @@ fn subject(r: &TransitionRequest) -> String {
 
 /// Sets a request's state (and who closed it, and why), recording the change as `action`.
 fn close(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     before: &TransitionRequest,
     state: RequestState,
     resolution: &str,
     action: &str,
 ) -> StoreResult<TransitionRequest> {
-    conn.prepare_cached(
+    db.execute(
         "UPDATE transition_requests SET state = ?2, updated_at = ?3, closed_by = ?4, resolution = ?5 WHERE id = ?1",
-    )?
-    .execute(params![to_i64(before.id), state.as_str(), now(), ctx.actor, resolution])?;
-    let after = load_request(conn, before.id)?
-        .ok_or_else(|| StoreError::internal("a transition request vanished"))?;
+        crate::params![to_i64(before.id), state.as_str(), now(), ctx.actor, resolution],
+    )?;
+    let after =
+        load_request(db, before.id)?.ok_or_else(|| StoreError::internal("a transition request vanished"))?;
     record_change(
-        conn,
+        db,
         ctx,
         action,
         &subject(&after),
@@ -371,19 +373,18 @@ fn close(
 
 /// Marks pending requests of a model whose version is no longer in the stage it was requested
 /// from (it moved by other means) as superseded.
-fn supersede_stale(conn: &Connection, ctx: &Ctx, model: i64) -> StoreResult<()> {
-    let stale: Vec<(i64, String)> = conn
-        .prepare_cached(
-            "SELECT r.id, v.stage FROM transition_requests r
-             JOIN versions v ON v.model_id = r.model_id AND v.number = r.number
-             WHERE r.model_id = ?1 AND r.state = 'pending' AND v.stage <> r.from_stage ORDER BY r.id",
-        )?
-        .query_map([model], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+fn supersede_stale(db: &dyn Db, ctx: &Ctx, model: i64) -> StoreResult<()> {
+    let stale = db.query_map(
+        "SELECT r.id, v.stage FROM transition_requests r
+         JOIN versions v ON v.model_id = r.model_id AND v.number = r.number
+         WHERE r.model_id = ?1 AND r.state = 'pending' AND v.stage <> r.from_stage ORDER BY r.id",
+        crate::params![model],
+        |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)),
+    )?;
     for (id, stage) in stale {
-        if let Some(before) = load_request(conn, to_u64(id))? {
+        if let Some(before) = load_request(db, to_u64(id))? {
             close(
-                conn,
+                db,
                 ctx,
                 &before,
                 RequestState::Superseded,
@@ -409,14 +410,14 @@ struct Evaluation {
 }
 
 fn evaluate_now(
-    conn: &Connection,
+    db: &dyn Db,
     id: i64,
     name: &ModelName,
     version: &Version,
     to: Stage,
     policy: &EffectivePolicy,
 ) -> StoreResult<Evaluation> {
-    let prod = production(conn, id, name)?;
+    let prod = production(db, id, name)?;
     let Some(p) = &policy.policy else {
         return Ok(Evaluation {
             verdicts: Vec::new(),
@@ -438,21 +439,21 @@ fn evaluate_now(
     })
 }
 
-fn store_evaluation(conn: &Connection, id: u64, e: &Evaluation) -> StoreResult<()> {
-    conn.prepare_cached(
+fn store_evaluation(db: &dyn Db, id: u64, e: &Evaluation) -> StoreResult<()> {
+    db.execute(
         "UPDATE transition_requests SET verdicts = ?2, gates_passed = ?3, baseline_version = ?4,
             required_approvals = ?5, risk = ?6, policy_source = ?7, updated_at = ?8 WHERE id = ?1",
-    )?
-    .execute(params![
-        to_i64(id),
-        serde_json::to_string(&e.verdicts)?,
-        e.passed,
-        e.baseline.map(to_i64),
-        i64::from(e.required),
-        e.risk.as_str(),
-        e.source,
-        now()
-    ])?;
+        crate::params![
+            to_i64(id),
+            serde_json::to_string(&e.verdicts)?,
+            e.passed,
+            e.baseline.map(to_i64),
+            i64::from(e.required),
+            e.risk.as_str(),
+            e.source,
+            now()
+        ],
+    )?;
     Ok(())
 }
 
@@ -467,7 +468,7 @@ fn failed_summary(verdicts: &[GateVerdict]) -> String {
 
 /// Moves the version of a pending request and marks it completed, in the caller's savepoint.
 fn complete(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     before: &TransitionRequest,
     comment: Option<&str>,
@@ -476,7 +477,7 @@ fn complete(
     let name = ModelName::parse(&before.model)?;
     let comment = comment.or(before.comment.as_deref());
     let change = set_stage(
-        conn,
+        db,
         ctx,
         &name,
         before.version,
@@ -485,43 +486,36 @@ fn complete(
         Precondition::None,
     )?;
     let after = close(
-        conn,
+        db,
         ctx,
         before,
         RequestState::Completed,
         resolution,
         "transition.completed",
     )?;
-    supersede_stale(conn, ctx, model_id(conn, &name)?)?;
+    supersede_stale(db, ctx, model_id(db, &name)?)?;
     Ok((change, after))
 }
 
 /// Evaluates the gates again and completes the request when they pass; records it as
 /// `gates_failed` otherwise.
 fn complete_if_gates_pass(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     before: &TransitionRequest,
     comment: Option<&str>,
     resolution: &str,
 ) -> StoreResult<(Option<StageChange>, TransitionRequest)> {
     let name = ModelName::parse(&before.model)?;
-    let id = model_id(conn, &name)?;
-    let version = query::load_version(conn, id, &name, before.version)?;
-    let eval = evaluate_now(
-        conn,
-        id,
-        &name,
-        &version,
-        before.to_stage,
-        &effective(conn, &name)?,
-    )?;
-    store_evaluation(conn, before.id, &eval)?;
-    let current = load_request(conn, before.id)?
-        .ok_or_else(|| StoreError::internal("a transition request vanished"))?;
+    let id = model_id(db, &name)?;
+    let version = query::load_version(db, id, &name, before.version)?;
+    let eval = evaluate_now(db, id, &name, &version, before.to_stage, &effective(db, &name)?)?;
+    store_evaluation(db, before.id, &eval)?;
+    let current =
+        load_request(db, before.id)?.ok_or_else(|| StoreError::internal("a transition request vanished"))?;
     if !eval.passed {
         let after = close(
-            conn,
+            db,
             ctx,
             &current,
             RequestState::GatesFailed,
@@ -530,32 +524,25 @@ fn complete_if_gates_pass(
         )?;
         return Ok((None, after));
     }
-    let (change, after) = complete(conn, ctx, &current, comment, resolution)?;
+    let (change, after) = complete(db, ctx, &current, comment, resolution)?;
     Ok((Some(change), after))
 }
 
-fn pending_for(
-    conn: &Connection,
-    model: i64,
-    number: u64,
-    to: Stage,
-) -> StoreResult<Option<TransitionRequest>> {
-    let id: Option<i64> = conn
-        .prepare_cached(
-            "SELECT id FROM transition_requests WHERE model_id = ?1 AND number = ?2 AND to_stage = ?3 AND state = 'pending'",
-        )?
-        .query_row(params![model, to_i64(number), to.as_str()], |r| r.get(0))
-        .optional()?;
-    id.map(|id| load_request(conn, to_u64(id)))
+fn pending_for(db: &dyn Db, model: i64, number: u64, to: Stage) -> StoreResult<Option<TransitionRequest>> {
+    let id = db.query_value::<i64>(
+        "SELECT id FROM transition_requests WHERE model_id = ?1 AND number = ?2 AND to_stage = ?3 AND state = 'pending'",
+        crate::params![model, to_i64(number), to.as_str()],
+    )?;
+    id.map(|id| load_request(db, to_u64(id)))
         .transpose()
         .map(Option::flatten)
 }
 
-fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> StoreResult<TransitionOutcome> {
+fn request_transition(db: &dyn Db, ctx: &Ctx, req: &StageRequest) -> StoreResult<TransitionOutcome> {
     check_comment(req.comment.as_deref())?;
     let name = &req.model;
-    let id = model_id(conn, name)?;
-    let version = query::load_version(conn, id, name, req.number)?;
+    let id = model_id(db, name)?;
+    let version = query::load_version(db, id, name, req.number)?;
     check_revision(
         req.pre,
         Some(version.revision),
@@ -564,11 +551,11 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
     version
         .stage
         .check_move(req.to, version.state == ballast_api::VersionState::Sealed)?;
-    supersede_stale(conn, ctx, id)?;
-    let policy = effective(conn, name)?;
+    supersede_stale(db, ctx, id)?;
+    let policy = effective(db, name)?;
     if policy.policy.is_none() || !req.to.is_gated() {
         let change = set_stage(
-            conn,
+            db,
             ctx,
             name,
             req.number,
@@ -576,23 +563,23 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
             req.comment.as_deref(),
             Precondition::None,
         )?;
-        supersede_stale(conn, ctx, id)?;
+        supersede_stale(db, ctx, id)?;
         return Ok(TransitionOutcome::Moved {
             change,
             request: None,
         });
     }
-    if let Some(existing) = pending_for(conn, id, req.number, req.to)? {
+    if let Some(existing) = pending_for(db, id, req.number, req.to)? {
         return Ok(TransitionOutcome::Pending { request: existing });
     }
-    let eval = evaluate_now(conn, id, name, &version, req.to, &policy)?;
+    let eval = evaluate_now(db, id, name, &version, req.to, &policy)?;
     let at = now();
-    conn.prepare_cached(
-        "INSERT INTO transition_requests (model_id, number, from_stage, to_stage, state, requested_by, comment,
+    let new_id = db
+        .query_one(
+            "INSERT INTO transition_requests (model_id, number, from_stage, to_stage, state, requested_by, comment,
             risk, policy_source, gates_passed, verdicts, baseline_version, required_approvals, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
-    )?
-    .execute(params![
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13) RETURNING id",
+            crate::params![
         id,
         to_i64(req.number),
         version.stage.as_str(),
@@ -606,11 +593,13 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
         eval.baseline.map(to_i64),
         i64::from(eval.required),
         at
-    ])?;
-    let request = load_request(conn, to_u64(conn.last_insert_rowid()))?
+            ],
+        )?
+        .get::<i64>(0)?;
+    let request = load_request(db, to_u64(new_id))?
         .ok_or_else(|| StoreError::internal("the transition request just written cannot be read"))?;
     record_change(
-        conn,
+        db,
         ctx,
         "transition.requested",
         &subject(&request),
@@ -619,7 +608,7 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
     )?;
     if !eval.passed {
         let request = close(
-            conn,
+            db,
             ctx,
             &request,
             RequestState::GatesFailed,
@@ -630,7 +619,7 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
     }
     if eval.required == 0 {
         let (change, request) = complete(
-            conn,
+            db,
             ctx,
             &request,
             None,
@@ -646,16 +635,11 @@ fn request_transition(conn: &Connection, ctx: &Ctx, req: &StageRequest) -> Store
 
 /// Loads a request for a decision: it must be this model's and still pending (after stale
 /// requests were superseded).
-fn pending_request(
-    conn: &Connection,
-    ctx: &Ctx,
-    name: &ModelName,
-    id: u64,
-) -> StoreResult<TransitionRequest> {
-    let mid = model_id(conn, name)?;
-    request_of(conn, name, id)?;
-    supersede_stale(conn, ctx, mid)?;
-    let r = request_of(conn, name, id)?;
+fn pending_request(db: &dyn Db, ctx: &Ctx, name: &ModelName, id: u64) -> StoreResult<TransitionRequest> {
+    let mid = model_id(db, name)?;
+    request_of(db, name, id)?;
+    supersede_stale(db, ctx, mid)?;
+    let r = request_of(db, name, id)?;
     if r.state != RequestState::Pending {
         return Err(conflict(format!(
             "transition request {id} is {}{}; only pending requests can be reviewed, completed or cancelled",
@@ -670,7 +654,7 @@ fn pending_request(
 }
 
 fn review(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     id: u64,
@@ -678,7 +662,7 @@ fn review(
     comment: Option<&str>,
 ) -> StoreResult<TransitionRequest> {
     check_comment(comment)?;
-    let before = pending_request(conn, ctx, name, id)?;
+    let before = pending_request(db, ctx, name, id)?;
     if before.requested_by == ctx.actor {
         return Err(denied(match decision {
             Decision::Approve => format!(
@@ -702,12 +686,10 @@ fn review(
             prev.at
         )));
     }
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO transition_reviews (request_id, reviewer, decision, comment, at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
+    let inserted = db.execute(
+        "INSERT INTO transition_reviews (request_id, reviewer, decision, comment, at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+        crate::params![
             to_i64(id),
             ctx.actor,
             match decision {
@@ -716,20 +698,23 @@ fn review(
             },
             comment,
             now()
-        ])?;
+        ],
+    )?;
     if inserted == 0 {
         return Err(conflict(format!(
             "{} already reviewed transition {id}; a reviewer counts once",
             ctx.actor
         )));
     }
-    conn.prepare_cached("UPDATE transition_requests SET updated_at = ?2 WHERE id = ?1")?
-        .execute(params![to_i64(id), now()])?;
+    db.execute(
+        "UPDATE transition_requests SET updated_at = ?2 WHERE id = ?1",
+        crate::params![to_i64(id), now()],
+    )?;
     let reviewed =
-        load_request(conn, id)?.ok_or_else(|| StoreError::internal("a transition request vanished"))?;
+        load_request(db, id)?.ok_or_else(|| StoreError::internal("a transition request vanished"))?;
     match decision {
         Decision::Reject => close(
-            conn,
+            db,
             ctx,
             &reviewed,
             RequestState::Rejected,
@@ -742,7 +727,7 @@ fn review(
         ),
         Decision::Approve => {
             record_change(
-                conn,
+                db,
                 ctx,
                 "transition.approved",
                 &subject(&reviewed),
@@ -750,38 +735,38 @@ fn review(
                 &json!({ "id": id, "reviewer": ctx.actor, "comment": comment, "approvals": reviewed.approvals }),
             )?;
             // The policy in force now decides how many approvals are needed.
-            let policy = effective(conn, name)?;
+            let policy = effective(db, name)?;
             let required = policy
                 .policy
                 .as_ref()
                 .map_or(0, |p| p.required_approvals(reviewed.to_stage));
             if reviewed.approvals < required {
                 if required != reviewed.required_approvals {
-                    conn.prepare_cached(
+                    db.execute(
                         "UPDATE transition_requests SET required_approvals = ?2 WHERE id = ?1",
-                    )?
-                    .execute(params![to_i64(id), i64::from(required)])?;
-                    return load_request(conn, id)?
+                        crate::params![to_i64(id), i64::from(required)],
+                    )?;
+                    return load_request(db, id)?
                         .ok_or_else(|| StoreError::internal("a transition request vanished"));
                 }
                 return Ok(reviewed);
             }
             let resolution = format!("approved by {} reviewer(s)", reviewed.approvals);
-            Ok(complete_if_gates_pass(conn, ctx, &reviewed, None, &resolution)?.1)
+            Ok(complete_if_gates_pass(db, ctx, &reviewed, None, &resolution)?.1)
         }
     }
 }
 
 fn complete_explicitly(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     id: u64,
     comment: Option<&str>,
 ) -> StoreResult<TransitionRequest> {
     check_comment(comment)?;
-    let before = pending_request(conn, ctx, name, id)?;
-    let policy = effective(conn, name)?;
+    let before = pending_request(db, ctx, name, id)?;
+    let policy = effective(db, name)?;
     let (required, risk) = policy.policy.as_ref().map_or((0, RiskLevel::Low), |p| {
         (p.required_approvals(before.to_stage), p.risk_level())
     });
@@ -804,18 +789,18 @@ fn complete_explicitly(
         before.approvals,
         comment.map(|c| format!(": {c}")).unwrap_or_default()
     );
-    Ok(complete_if_gates_pass(conn, ctx, &before, comment, &resolution)?.1)
+    Ok(complete_if_gates_pass(db, ctx, &before, comment, &resolution)?.1)
 }
 
 fn cancel(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     id: u64,
     comment: Option<&str>,
 ) -> StoreResult<TransitionRequest> {
     check_comment(comment)?;
-    let before = pending_request(conn, ctx, name, id)?;
+    let before = pending_request(db, ctx, name, id)?;
     if before.requested_by != ctx.actor {
         return Err(denied(format!(
             "only {} (who requested transition {id}) can cancel it; reviewers reject instead",
@@ -823,7 +808,7 @@ fn cancel(
         )));
     }
     close(
-        conn,
+        db,
         ctx,
         &before,
         RequestState::Cancelled,
@@ -836,61 +821,70 @@ fn cancel(
     )
 }
 
-fn list(conn: &Connection, f: &TransitionFilter) -> StoreResult<TransitionList> {
+/// Appends a parameter and returns its numbered placeholder.
+fn arg(args: &mut Vec<SqlValue>, v: SqlValue) -> String {
+    args.push(v);
+    format!("?{}", args.len())
+}
+
+fn list(db: &dyn Db, f: &TransitionFilter) -> StoreResult<TransitionList> {
     let mut sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM transition_requests r JOIN models m ON m.id = r.model_id WHERE 1 = 1"
     );
     let mut args: Vec<SqlValue> = Vec::new();
     if let Some(m) = &f.model {
-        let Ok(id) = model_id(conn, m) else {
-            return Err(StoreError::not_found(format!("model {m}")));
-        };
-        sql.push_str(" AND r.model_id = ?");
-        args.push(SqlValue::Integer(id));
+        let id = model_id(db, m)?;
+        sql.push_str(&format!(
+            " AND r.model_id = {}",
+            arg(&mut args, SqlValue::Integer(id))
+        ));
         if let Some(n) = f.version {
-            sql.push_str(" AND r.number = ?");
-            args.push(SqlValue::Integer(to_i64(n)));
+            sql.push_str(&format!(
+                " AND r.number = {}",
+                arg(&mut args, SqlValue::Integer(to_i64(n)))
+            ));
         }
     }
     if let Some(nss) = &f.namespaces {
         if nss.is_empty() {
             return Ok(TransitionList { requests: Vec::new() });
         }
-        sql.push_str(" AND m.namespace IN (");
-        sql.push_str(&vec!["?"; nss.len()].join(", "));
-        sql.push(')');
-        args.extend(nss.iter().map(|n| SqlValue::Text(n.clone())));
+        let list: Vec<String> = nss
+            .iter()
+            .map(|n| arg(&mut args, SqlValue::Text(n.clone())))
+            .collect();
+        sql.push_str(&format!(" AND m.namespace IN ({})", list.join(", ")));
     }
     if let Some(s) = f.state {
-        sql.push_str(" AND r.state = ?");
-        args.push(SqlValue::Text(s.as_str().to_owned()));
+        sql.push_str(&format!(" AND r.state = {}", arg(&mut args, s.as_str().into())));
     }
     if let Some(s) = f.to_stage {
-        sql.push_str(" AND r.to_stage = ?");
-        args.push(SqlValue::Text(s.as_str().to_owned()));
+        sql.push_str(&format!(
+            " AND r.to_stage = {}",
+            arg(&mut args, s.as_str().into())
+        ));
     }
     if let Some(b) = f.before {
-        sql.push_str(" AND r.id < ?");
-        args.push(SqlValue::Integer(to_i64(b)));
+        sql.push_str(&format!(
+            " AND r.id < {}",
+            arg(&mut args, SqlValue::Integer(to_i64(b)))
+        ));
     }
-    sql.push_str(" ORDER BY r.id DESC LIMIT ?");
-    args.push(SqlValue::Integer(i64::from(f.limit.clamp(1, 1000))));
-    let mut stmt = conn.prepare(&sql)?;
-    let raws: Vec<RawRequest> = stmt
-        .query_map(params_from_iter(args), raw)?
-        .collect::<Result<_, _>>()?;
+    let limit = arg(&mut args, SqlValue::Integer(i64::from(f.limit.clamp(1, 1000))));
+    sql.push_str(&format!(" ORDER BY r.id DESC LIMIT {limit}"));
+    let raws = db.query_map(&sql, &args, raw)?;
     let requests = raws
         .into_iter()
-        .map(|r| finish_request(conn, r))
+        .map(|r| finish_request(db, r))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(TransitionList { requests })
 }
 
 #[async_trait]
-impl GovernanceStore for SqliteStore {
+impl GovernanceStore for SqlStore {
     async fn get_policy(&self, target: &PolicyTarget) -> StoreResult<StoredPolicy> {
         let target = target.clone();
-        self.read(move |conn| get_policy(conn, &target)).await
+        self.read(move |db| get_policy(db, &target)).await
     }
 
     async fn set_policy(
@@ -901,34 +895,33 @@ impl GovernanceStore for SqliteStore {
         pre: Precondition,
     ) -> StoreResult<StoredPolicy> {
         let (c, target) = (ctx.clone(), target.clone());
-        self.write(ctx, move |conn| set_policy(conn, &c, &target, &policy, pre))
+        self.write(ctx, move |db| set_policy(db, &c, &target, &policy, pre))
             .await
     }
 
     async fn delete_policy(&self, ctx: &Ctx, target: &PolicyTarget, pre: Precondition) -> StoreResult<()> {
         let (c, target) = (ctx.clone(), target.clone());
-        self.write(ctx, move |conn| delete_policy(conn, &c, &target, pre))
+        self.write(ctx, move |db| delete_policy(db, &c, &target, pre))
             .await
     }
 
     async fn effective_policy(&self, name: &ModelName) -> StoreResult<EffectivePolicy> {
         let name = name.clone();
-        self.read(move |conn| effective(conn, &name)).await
+        self.read(move |db| effective(db, &name)).await
     }
 
     async fn namespace_policy(&self, namespace: &str) -> StoreResult<Option<StoredPolicy>> {
         let ns = namespace.to_owned();
-        self.read(move |conn| {
+        self.read(move |db| {
             validate_namespace(&ns)?;
-            load_policy(conn, &ns, None, ns.clone())
+            load_policy(db, &ns, None, ns.clone())
         })
         .await
     }
 
     async fn request_transition(&self, ctx: &Ctx, req: StageRequest) -> StoreResult<TransitionOutcome> {
         let c = ctx.clone();
-        self.write(ctx, move |conn| request_transition(conn, &c, &req))
-            .await
+        self.write(ctx, move |db| request_transition(db, &c, &req)).await
     }
 
     async fn review_transition(
@@ -940,8 +933,8 @@ impl GovernanceStore for SqliteStore {
         comment: Option<String>,
     ) -> StoreResult<TransitionRequest> {
         let (c, name) = (ctx.clone(), name.clone());
-        self.write(ctx, move |conn| {
-            review(conn, &c, &name, id, decision, comment.as_deref())
+        self.write(ctx, move |db| {
+            review(db, &c, &name, id, decision, comment.as_deref())
         })
         .await
     }
@@ -954,8 +947,8 @@ impl GovernanceStore for SqliteStore {
         comment: Option<String>,
     ) -> StoreResult<TransitionRequest> {
         let (c, name) = (ctx.clone(), name.clone());
-        self.write(ctx, move |conn| {
-            complete_explicitly(conn, &c, &name, id, comment.as_deref())
+        self.write(ctx, move |db| {
+            complete_explicitly(db, &c, &name, id, comment.as_deref())
         })
         .await
     }
@@ -968,20 +961,20 @@ impl GovernanceStore for SqliteStore {
         comment: Option<String>,
     ) -> StoreResult<TransitionRequest> {
         let (c, name) = (ctx.clone(), name.clone());
-        self.write(ctx, move |conn| cancel(conn, &c, &name, id, comment.as_deref()))
+        self.write(ctx, move |db| cancel(db, &c, &name, id, comment.as_deref()))
             .await
     }
 
     async fn get_transition(&self, name: &ModelName, id: u64) -> StoreResult<TransitionRequest> {
         let name = name.clone();
-        self.read(move |conn| {
-            model_id(conn, &name)?;
-            request_of(conn, &name, id)
+        self.read(move |db| {
+            model_id(db, &name)?;
+            request_of(db, &name, id)
         })
         .await
     }
 
     async fn list_transitions(&self, filter: TransitionFilter) -> StoreResult<TransitionList> {
-        self.read(move |conn| list(conn, &filter)).await
+        self.read(move |db| list(db, &filter)).await
     }
 }

@@ -1,38 +1,39 @@
-//! [`MlflowStore`] for SQLite: MLflow names, MLflow version fields, multi-step stage moves,
+//! [`MlflowStore`] on the SQL store (SQLite and PostgreSQL): MLflow names, MLflow version fields, multi-step stage moves,
 //! version deletion and tracking documents. Mutations reuse the native operations in `ops`, so
 //! each one still commits with its audit entries and events in one transaction.
 
 use async_trait::async_trait;
 use ballast_api::{CreateModel, CreateVersion, Tags};
 use ballast_core::{ErrorCode, ModelName, Stage};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 use super::query::{self, to_i64, to_u64};
-use super::{ops, SqliteStore};
+use super::{ops, SqlStore};
+use crate::db::{Db, Row};
 use crate::mlflow::{
     MlflowModel, MlflowModelEntry, MlflowObject, MlflowStore, MlflowVersion, MlflowVersionInfo,
     NewMlflowVersion,
 };
 use crate::{Ctx, Precondition, StoreError, StoreResult};
 
-fn model_name_of(conn: &Connection, id: i64) -> StoreResult<ModelName> {
-    let (ns, m): (String, String) = conn
-        .prepare_cached("SELECT namespace, name FROM models WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(ModelName::new(&ns, &m)?)
+fn model_name_of(db: &dyn Db, id: i64) -> StoreResult<ModelName> {
+    let r = db.query_one(
+        "SELECT namespace, name FROM models WHERE id = ?1",
+        crate::params![id],
+    )?;
+    Ok(ModelName::new(&r.get::<String>(0)?, &r.get::<String>(1)?)?)
 }
 
-fn mapped_name(conn: &Connection, id: i64) -> StoreResult<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT mlflow_name FROM mlflow_names WHERE model_id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?)
+fn mapped_name(db: &dyn Db, id: i64) -> StoreResult<Option<String>> {
+    db.query_value::<String>(
+        "SELECT mlflow_name FROM mlflow_names WHERE model_id = ?1",
+        crate::params![id],
+    )
 }
 
 /// The MLflow name of a model: the mapped one, else its name without the default namespace.
-fn display_name(conn: &Connection, id: i64, name: &ModelName, default_ns: &str) -> StoreResult<String> {
-    Ok(match mapped_name(conn, id)? {
+fn display_name(db: &dyn Db, id: i64, name: &ModelName, default_ns: &str) -> StoreResult<String> {
+    Ok(match mapped_name(db, id)? {
         Some(n) => n,
         None if name.namespace() == default_ns => name.model().to_owned(),
         None => name.to_string(),
@@ -47,22 +48,32 @@ fn canonical(name: &str, default_ns: &str) -> Option<ModelName> {
     }
 }
 
-fn resolve_id(conn: &Connection, name: &str, default_ns: &str) -> StoreResult<Option<i64>> {
-    let mapped: Option<i64> = conn
-        .prepare_cached("SELECT model_id FROM mlflow_names WHERE mlflow_name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?;
+/// The id of a model by its Ballast name, `None` when there is none (other failures are
+/// errors: a database that cannot answer must not read as a free name).
+fn model_id_opt(db: &dyn Db, name: &ModelName) -> StoreResult<Option<i64>> {
+    match query::model_id(db, name) {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn resolve_id(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<Option<i64>> {
+    let mapped = db.query_value::<i64>(
+        "SELECT model_id FROM mlflow_names WHERE mlflow_name = ?1",
+        crate::params![name],
+    )?;
     if mapped.is_some() {
         return Ok(mapped);
     }
     let Some(c) = canonical(name, default_ns) else {
         return Ok(None);
     };
-    let Ok(id) = query::model_id(conn, &c) else {
+    let Some(id) = model_id_opt(db, &c)? else {
         return Ok(None);
     };
     // A model created or renamed through MLflow answers to its MLflow name only.
-    Ok(if mapped_name(conn, id)?.is_some() {
+    Ok(if mapped_name(db, id)?.is_some() {
         None
     } else {
         Some(id)
@@ -76,9 +87,9 @@ fn not_found_model(name: &str) -> StoreError {
     )
 }
 
-fn resolve(conn: &Connection, name: &str, default_ns: &str) -> StoreResult<(i64, ModelName)> {
-    let id = resolve_id(conn, name, default_ns)?.ok_or_else(|| not_found_model(name))?;
-    Ok((id, model_name_of(conn, id)?))
+fn resolve(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<(i64, ModelName)> {
+    let id = resolve_id(db, name, default_ns)?.ok_or_else(|| not_found_model(name))?;
+    Ok((id, model_name_of(db, id)?))
 }
 
 fn slug(part: &str) -> String {
@@ -114,7 +125,7 @@ fn check_mlflow_name(name: &str) -> StoreResult<()> {
 }
 
 /// A free Ballast name for a new MLflow name: the name itself when valid, else a slug of it.
-fn free_ballast_name(conn: &Connection, name: &str, default_ns: &str) -> StoreResult<ModelName> {
+fn free_ballast_name(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<ModelName> {
     let (ns, model) = match name.split_once('/') {
         Some((ns, m)) => (slug(ns), slug(m)),
         None => (default_ns.to_owned(), slug(name)),
@@ -126,7 +137,7 @@ fn free_ballast_name(conn: &Connection, name: &str, default_ns: &str) -> StoreRe
             format!("{model}-{i}")
         };
         let n = ModelName::new(&ns, &candidate)?;
-        if query::model_id(conn, &n).is_err() {
+        if model_id_opt(db, &n)?.is_none() {
             return Ok(n);
         }
     }
@@ -136,48 +147,38 @@ fn free_ballast_name(conn: &Connection, name: &str, default_ns: &str) -> StoreRe
     ))
 }
 
-fn load_mlflow_model(conn: &Connection, id: i64, default_ns: &str) -> StoreResult<MlflowModel> {
-    let model = query::load_model(conn, id)?;
-    let name = model_name_of(conn, id)?;
+fn load_mlflow_model(db: &dyn Db, id: i64, default_ns: &str) -> StoreResult<MlflowModel> {
+    let model = query::load_model(db, id)?;
+    let name = model_name_of(db, id)?;
     Ok(MlflowModel {
-        name: display_name(conn, id, &name, default_ns)?,
+        name: display_name(db, id, &name, default_ns)?,
         model,
     })
 }
 
 /// Every model's MLflow name, tags and timestamps in one query (a search filters and sorts on
 /// these, and loads the full models of the page it answers only).
-fn model_index(
-    conn: &Connection,
-    default_ns: &str,
-    prefix: Option<&str>,
-) -> StoreResult<Vec<MlflowModelEntry>> {
+fn model_index(db: &dyn Db, default_ns: &str, prefix: Option<&str>) -> StoreResult<Vec<MlflowModelEntry>> {
     // The prefix is compared in SQL against the MLflow name as `display_name` derives it, so
-    // a search by name prefix never materialises the models that cannot match.
-    let mut stmt = conn.prepare_cached(
+    // a search by name prefix never materialises the models that cannot match. `substr` and
+    // `length` count characters on both engines; the comparison is case-sensitive on both.
+    let rows = db.query(
         "SELECT m.namespace, m.name, m.tags, m.created_at, m.updated_at, n.mlflow_name
          FROM models m LEFT JOIN mlflow_names n ON n.model_id = m.id
-         WHERE ?1 IS NULL
+         WHERE CAST(?1 AS TEXT) IS NULL
             OR substr(CASE WHEN n.mlflow_name IS NOT NULL THEN n.mlflow_name
-                           WHEN m.namespace = ?2 THEN m.name
-                           ELSE m.namespace || '/' || m.name END, 1, length(?1)) = ?1
+                           WHEN m.namespace = CAST(?2 AS TEXT) THEN m.name
+                           ELSE m.namespace || '/' || m.name END,
+                      1, length(CAST(?1 AS TEXT))) = CAST(?1 AS TEXT)
          ORDER BY m.id",
+        crate::params![prefix, default_ns],
     )?;
-    let rows = stmt.query_map(params![prefix, default_ns], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Option<String>>(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (ns, model, tags, created_at, updated_at, mapped) = row?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let ns = r.get::<String>(0)?;
+        let model = r.get::<String>(1)?;
         let name = ModelName::new(&ns, &model)?;
-        let display = match mapped {
+        let display = match r.get::<Option<String>>(5)? {
             Some(n) => n,
             None if ns == default_ns => model,
             None => name.to_string(),
@@ -185,48 +186,60 @@ fn model_index(
         out.push(MlflowModelEntry {
             name: display,
             model: name,
-            tags: serde_json::from_str(&tags)?,
-            created_at,
-            updated_at,
+            tags: serde_json::from_str(&r.get::<String>(2)?)?,
+            created_at: r.get(3)?,
+            updated_at: r.get(4)?,
         });
     }
     Ok(out)
 }
 
-fn load_info(conn: &Connection, id: i64, number: u64) -> StoreResult<MlflowVersionInfo> {
-    let info: Option<String> = conn
-        .prepare_cached("SELECT info FROM mlflow_versions WHERE model_id = ?1 AND number = ?2")?
-        .query_row(params![id, to_i64(number)], |r| r.get(0))
-        .optional()?;
+/// The numbers of a model's versions, ascending.
+fn version_numbers(db: &dyn Db, id: i64) -> StoreResult<Vec<u64>> {
+    db.query_map(
+        "SELECT number FROM versions WHERE model_id = ?1 ORDER BY number",
+        crate::params![id],
+        |r| r.get::<i64>(0).map(to_u64),
+    )
+}
+
+fn load_info(db: &dyn Db, id: i64, number: u64) -> StoreResult<MlflowVersionInfo> {
+    let info = db.query_value::<String>(
+        "SELECT info FROM mlflow_versions WHERE model_id = ?1 AND number = ?2",
+        crate::params![id, to_i64(number)],
+    )?;
     Ok(match info {
         Some(s) => serde_json::from_str(&s)?,
         None => MlflowVersionInfo::default(),
     })
 }
 
-fn load_mlflow_version(
-    conn: &Connection,
-    id: i64,
-    name: &ModelName,
-    number: u64,
-) -> StoreResult<MlflowVersion> {
+fn load_mlflow_version(db: &dyn Db, id: i64, name: &ModelName, number: u64) -> StoreResult<MlflowVersion> {
     Ok(MlflowVersion {
-        version: query::load_version(conn, id, name, number)?,
-        info: load_info(conn, id, number)?,
+        version: query::load_version(db, id, name, number)?,
+        info: load_info(db, id, number)?,
     })
 }
 
-fn save_info(conn: &Connection, id: i64, number: u64, info: &MlflowVersionInfo) -> StoreResult<()> {
-    conn.prepare_cached(
+fn save_info(db: &dyn Db, id: i64, number: u64, info: &MlflowVersionInfo) -> StoreResult<()> {
+    db.execute(
         "INSERT INTO mlflow_versions (model_id, number, info) VALUES (?1, ?2, ?3)
          ON CONFLICT (model_id, number) DO UPDATE SET info = excluded.info",
-    )?
-    .execute(params![id, to_i64(number), serde_json::to_string(info)?])?;
+        crate::params![id, to_i64(number), serde_json::to_string(info)?],
+    )?;
     Ok(())
 }
 
+fn name_taken(name: &str, field: &str) -> StoreError {
+    StoreError {
+        code: ErrorCode::AlreadyExists,
+        message: format!("Registered Model (name={name}) already exists."),
+        field: Some(field.into()),
+    }
+}
+
 fn create_model(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &str,
     default_ns: &str,
@@ -234,16 +247,12 @@ fn create_model(
     tags: Tags,
 ) -> StoreResult<MlflowModel> {
     check_mlflow_name(name)?;
-    if resolve_id(conn, name, default_ns)?.is_some() {
-        return Err(StoreError {
-            code: ErrorCode::AlreadyExists,
-            message: format!("Registered Model (name={name}) already exists."),
-            field: Some("name".into()),
-        });
+    if resolve_id(db, name, default_ns)?.is_some() {
+        return Err(name_taken(name, "name"));
     }
-    let ballast = free_ballast_name(conn, name, default_ns)?;
+    let ballast = free_ballast_name(db, name, default_ns)?;
     let m = ops::create_model(
-        conn,
+        db,
         ctx,
         &CreateModel {
             name: ballast.to_string(),
@@ -251,9 +260,15 @@ fn create_model(
             tags,
         },
     )?;
-    let id = query::model_id(conn, &ballast)?;
-    conn.prepare_cached("INSERT INTO mlflow_names (mlflow_name, model_id) VALUES (?1, ?2)")?
-        .execute(params![name, id])?;
+    let id = query::model_id(db, &ballast)?;
+    db.execute(
+        "INSERT INTO mlflow_names (mlflow_name, model_id) VALUES (?1, ?2)",
+        crate::params![name, id],
+    )
+    .map_err(|e| match e.code {
+        ErrorCode::AlreadyExists => name_taken(name, "name"),
+        _ => e,
+    })?;
     Ok(MlflowModel {
         name: name.to_owned(),
         model: m,
@@ -261,57 +276,53 @@ fn create_model(
 }
 
 fn rename_model(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &str,
     new_name: &str,
     default_ns: &str,
 ) -> StoreResult<MlflowModel> {
     check_mlflow_name(new_name)?;
-    let (id, ballast) = resolve(conn, name, default_ns)?;
-    if resolve_id(conn, new_name, default_ns)?.is_some_and(|other| other != id) {
-        return Err(StoreError {
-            code: ErrorCode::AlreadyExists,
-            message: format!("Registered Model (name={new_name}) already exists."),
-            field: Some("new_name".into()),
-        });
+    let (id, ballast) = resolve(db, name, default_ns)?;
+    if resolve_id(db, new_name, default_ns)?.is_some_and(|other| other != id) {
+        return Err(name_taken(new_name, "new_name"));
     }
     // A native model whose plain name reads as `new_name` would otherwise shadow it.
     if let Some(c) = canonical(new_name, default_ns) {
-        if let Ok(other) = query::model_id(conn, &c) {
-            if other != id && mapped_name(conn, other)?.is_none() {
-                return Err(StoreError {
-                    code: ErrorCode::AlreadyExists,
-                    message: format!("Registered Model (name={new_name}) already exists."),
-                    field: Some("new_name".into()),
-                });
+        if let Some(other) = model_id_opt(db, &c)? {
+            if other != id && mapped_name(db, other)?.is_none() {
+                return Err(name_taken(new_name, "new_name"));
             }
         }
     }
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO mlflow_names (mlflow_name, model_id) VALUES (?1, ?2)
          ON CONFLICT (model_id) DO UPDATE SET mlflow_name = excluded.mlflow_name",
-    )?
-    .execute(params![new_name, id])?;
+        crate::params![new_name, id],
+    )
+    .map_err(|e| match e.code {
+        ErrorCode::AlreadyExists => name_taken(new_name, "new_name"),
+        _ => e,
+    })?;
     ops::record_change(
-        conn,
+        db,
         ctx,
         "model.mlflow_rename",
         &ballast.to_string(),
         &json!({ "mlflow_name": name }),
         &json!({ "mlflow_name": new_name }),
     )?;
-    load_mlflow_model(conn, id, default_ns)
+    load_mlflow_model(db, id, default_ns)
 }
 
 fn create_version(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     new: NewMlflowVersion,
 ) -> StoreResult<MlflowVersion> {
     let v = ops::create_version(
-        conn,
+        db,
         ctx,
         name,
         &CreateVersion {
@@ -320,41 +331,43 @@ fn create_version(
         },
     )?;
     for f in new.files {
-        ops::put_file(conn, ctx, name, v.version, f)?;
+        ops::put_file(db, ctx, name, v.version, f)?;
     }
-    ops::seal_version(conn, ctx, name, v.version, None)?;
-    let id = query::model_id(conn, name)?;
-    save_info(conn, id, v.version, &new.info)?;
-    load_mlflow_version(conn, id, name, v.version)
+    ops::seal_version(db, ctx, name, v.version, None)?;
+    let id = query::model_id(db, name)?;
+    save_info(db, id, v.version, &new.info)?;
+    load_mlflow_version(db, id, name, v.version)
 }
 
 fn set_description(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
     d: String,
 ) -> StoreResult<MlflowVersion> {
-    let id = query::model_id(conn, name)?;
-    let before = load_mlflow_version(conn, id, name, number)?;
+    let id = query::model_id(db, name)?;
+    let before = load_mlflow_version(db, id, name, number)?;
     let mut info = before.info.clone();
     info.description = Some(d);
-    save_info(conn, id, number, &info)?;
-    conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
-        .execute(params![id, to_i64(number)])?;
+    save_info(db, id, number, &info)?;
+    db.execute(
+        "UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
+        crate::params![id, to_i64(number)],
+    )?;
     ops::record_change(
-        conn,
+        db,
         ctx,
         "version.update",
         &format!("{name}/{number}"),
         &json!({ "mlflow_description": before.info.description }),
         &json!({ "mlflow_description": info.description }),
     )?;
-    load_mlflow_version(conn, id, name, number)
+    load_mlflow_version(db, id, name, number)
 }
 
 fn transition(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
@@ -363,7 +376,7 @@ fn transition(
 ) -> StoreResult<MlflowVersion> {
     for stage in path {
         ops::set_stage(
-            conn,
+            db,
             ctx,
             name,
             number,
@@ -372,21 +385,21 @@ fn transition(
             Precondition::None,
         )?;
     }
-    let id = query::model_id(conn, name)?;
+    let id = query::model_id(db, name)?;
     if let Some(last) = path.last().copied() {
         if archive_existing && matches!(last, Stage::Staging | Stage::Production) {
-            let others: Vec<i64> = conn
-                .prepare_cached(
-                    "SELECT number FROM versions WHERE model_id = ?1 AND stage = ?2 AND number != ?3",
-                )?
-                .query_map(params![id, last.as_str(), to_i64(number)], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let others = db.query_map(
+                "SELECT number FROM versions WHERE model_id = ?1 AND stage = ?2 AND number <> ?3
+                 ORDER BY number",
+                crate::params![id, last.as_str(), to_i64(number)],
+                |r| r.get::<i64>(0).map(to_u64),
+            )?;
             for n in others {
                 ops::set_stage(
-                    conn,
+                    db,
                     ctx,
                     name,
-                    to_u64(n),
+                    n,
                     Stage::Archived,
                     Some("archive_existing_versions via MLflow"),
                     Precondition::None,
@@ -394,12 +407,12 @@ fn transition(
             }
         }
     }
-    load_mlflow_version(conn, id, name, number)
+    load_mlflow_version(db, id, name, number)
 }
 
-fn delete_version(conn: &Connection, ctx: &Ctx, name: &ModelName, number: u64) -> StoreResult<()> {
-    let id = query::model_id(conn, name)?;
-    let v = query::load_version(conn, id, name, number)?;
+fn delete_version(db: &dyn Db, ctx: &Ctx, name: &ModelName, number: u64) -> StoreResult<()> {
+    let id = query::model_id(db, name)?;
+    let v = query::load_version(db, id, name, number)?;
     if matches!(v.stage, Stage::Staging | Stage::Production) {
         return Err(StoreError::new(
             ErrorCode::Conflict,
@@ -409,28 +422,24 @@ fn delete_version(conn: &Connection, ctx: &Ctx, name: &ModelName, number: u64) -
             ),
         ));
     }
-    super::retention::delete_version(conn, ctx, id, name, &v, None)
+    super::retention::delete_version(db, ctx, id, name, &v, None)
 }
 
-fn object_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-}
-
-fn to_object(row: (String, String, Option<String>, String)) -> StoreResult<MlflowObject> {
+fn to_object(r: &Row) -> StoreResult<MlflowObject> {
     Ok(MlflowObject {
-        kind: row.0,
-        id: row.1,
-        name: row.2,
-        body: serde_json::from_str(&row.3)?,
+        kind: r.get(0)?,
+        id: r.get(1)?,
+        name: r.get(2)?,
+        body: serde_json::from_str(&r.get::<String>(3)?)?,
     })
 }
 
-fn put_object(conn: &Connection, obj: &MlflowObject, create_only: bool) -> StoreResult<()> {
+fn put_object(db: &dyn Db, obj: &MlflowObject, create_only: bool) -> StoreResult<()> {
     if let Some(name) = &obj.name {
-        let other: Option<String> = conn
-            .prepare_cached("SELECT id FROM mlflow_objects WHERE kind = ?1 AND name = ?2")?
-            .query_row(params![obj.kind, name], |r| r.get(0))
-            .optional()?;
+        let other = db.query_value::<String>(
+            "SELECT id FROM mlflow_objects WHERE kind = ?1 AND name = ?2",
+            crate::params![obj.kind, name],
+        )?;
         if other.is_some_and(|o| o != obj.id) {
             return Err(StoreError::new(
                 ErrorCode::AlreadyExists,
@@ -444,48 +453,40 @@ fn put_object(conn: &Connection, obj: &MlflowObject, create_only: bool) -> Store
         "INSERT INTO mlflow_objects (kind, id, name, body) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (kind, id) DO UPDATE SET name = excluded.name, body = excluded.body"
     };
-    let done = conn
-        .prepare_cached(sql)?
-        .execute(params![obj.kind, obj.id, obj.name, obj.body.to_string()]);
-    match done {
+    match db.execute(
+        sql,
+        crate::params![obj.kind, obj.id, obj.name, obj.body.to_string()],
+    ) {
         Ok(_) => Ok(()),
-        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Err(StoreError::new(
-                ErrorCode::AlreadyExists,
-                format!("{} {} already exists", obj.kind, obj.id),
-            ))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) if e.code == ErrorCode::AlreadyExists => Err(StoreError::new(
+            ErrorCode::AlreadyExists,
+            format!("{} {} already exists", obj.kind, obj.id),
+        )),
+        Err(e) => Err(e),
     }
 }
 
 #[async_trait]
-impl MlflowStore for SqliteStore {
+impl MlflowStore for SqlStore {
     async fn mlflow_resolve(&self, name: &str, default_ns: &str) -> StoreResult<ModelName> {
         let (name, ns) = (name.to_owned(), default_ns.to_owned());
-        self.read(move |conn| resolve(conn, &name, &ns).map(|(_, n)| n))
-            .await
+        self.read(move |db| resolve(db, &name, &ns).map(|(_, n)| n)).await
     }
 
     async fn mlflow_model(&self, name: &str, default_ns: &str) -> StoreResult<MlflowModel> {
         let (name, ns) = (name.to_owned(), default_ns.to_owned());
-        self.read(move |conn| {
-            let (id, _) = resolve(conn, &name, &ns)?;
-            load_mlflow_model(conn, id, &ns)
+        self.read(move |db| {
+            let (id, _) = resolve(db, &name, &ns)?;
+            load_mlflow_model(db, id, &ns)
         })
         .await
     }
 
     async fn mlflow_models(&self, default_ns: &str) -> StoreResult<Vec<MlflowModel>> {
         let ns = default_ns.to_owned();
-        self.read(move |conn| {
-            let ids: Vec<i64> = conn
-                .prepare_cached("SELECT id FROM models ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.into_iter()
-                .map(|id| load_mlflow_model(conn, id, &ns))
-                .collect()
+        self.read(move |db| {
+            let ids = db.query_map("SELECT id FROM models ORDER BY id", &[], |r| r.get::<i64>(0))?;
+            ids.into_iter().map(|id| load_mlflow_model(db, id, &ns)).collect()
         })
         .await
     }
@@ -497,14 +498,14 @@ impl MlflowStore for SqliteStore {
         default_ns: &str,
     ) -> StoreResult<Option<MlflowVersion>> {
         let (name, alias, ns) = (name.to_owned(), alias.to_owned(), default_ns.to_owned());
-        self.read(move |conn| {
-            let (id, ballast) = resolve(conn, &name, &ns)?;
-            let number: Option<i64> = conn
-                .prepare_cached("SELECT number FROM aliases WHERE model_id = ?1 AND alias = ?2")?
-                .query_row(params![id, alias], |r| r.get(0))
-                .optional()?;
+        self.read(move |db| {
+            let (id, ballast) = resolve(db, &name, &ns)?;
+            let number = db.query_value::<i64>(
+                "SELECT number FROM aliases WHERE model_id = ?1 AND alias = ?2",
+                crate::params![id, alias],
+            )?;
             number
-                .map(|n| load_mlflow_version(conn, id, &ballast, to_u64(n)))
+                .map(|n| load_mlflow_version(db, id, &ballast, to_u64(n)))
                 .transpose()
         })
         .await
@@ -514,26 +515,20 @@ impl MlflowStore for SqliteStore {
         &self,
         models: Vec<MlflowModelEntry>,
     ) -> StoreResult<Vec<(MlflowModel, Vec<MlflowVersion>)>> {
-        self.read(move |conn| {
+        self.read(move |db| {
             let mut out = Vec::with_capacity(models.len());
             for e in models {
                 // Deleted since the index was read: not part of the answer.
-                let id = match query::model_id(conn, &e.model) {
-                    Ok(id) => id,
-                    Err(err) if err.code == ErrorCode::NotFound => continue,
-                    Err(err) => return Err(err),
+                let Some(id) = model_id_opt(db, &e.model)? else {
+                    continue;
                 };
-                let numbers: Vec<i64> = conn
-                    .prepare_cached("SELECT number FROM versions WHERE model_id = ?1 ORDER BY number")?
-                    .query_map([id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                let versions = numbers
+                let versions = version_numbers(db, id)?
                     .into_iter()
-                    .map(|n| load_mlflow_version(conn, id, &e.model, to_u64(n)))
+                    .map(|n| load_mlflow_version(db, id, &e.model, n))
                     .collect::<StoreResult<Vec<_>>>()?;
                 let model = MlflowModel {
                     name: e.name,
-                    model: query::load_model(conn, id)?,
+                    model: query::load_model(db, id)?,
                 };
                 out.push((model, versions));
             }
@@ -548,8 +543,7 @@ impl MlflowStore for SqliteStore {
         name_prefix: Option<&str>,
     ) -> StoreResult<Vec<MlflowModelEntry>> {
         let (ns, prefix) = (default_ns.to_owned(), name_prefix.map(str::to_owned));
-        self.read(move |conn| model_index(conn, &ns, prefix.as_deref()))
-            .await
+        self.read(move |db| model_index(db, &ns, prefix.as_deref())).await
     }
 
     async fn mlflow_create_model(
@@ -561,10 +555,8 @@ impl MlflowStore for SqliteStore {
         tags: Tags,
     ) -> StoreResult<MlflowModel> {
         let (c, name, ns) = (ctx.clone(), name.to_owned(), default_ns.to_owned());
-        self.write(ctx, move |conn| {
-            create_model(conn, &c, &name, &ns, description, tags)
-        })
-        .await
+        self.write(ctx, move |db| create_model(db, &c, &name, &ns, description, tags))
+            .await
     }
 
     async fn mlflow_rename_model(
@@ -580,21 +572,17 @@ impl MlflowStore for SqliteStore {
             new_name.to_owned(),
             default_ns.to_owned(),
         );
-        self.write(ctx, move |conn| rename_model(conn, &c, &name, &new_name, &ns))
+        self.write(ctx, move |db| rename_model(db, &c, &name, &new_name, &ns))
             .await
     }
 
     async fn mlflow_versions(&self, model: &ModelName) -> StoreResult<Vec<MlflowVersion>> {
         let name = model.clone();
-        self.read(move |conn| {
-            let id = query::model_id(conn, &name)?;
-            let numbers: Vec<i64> = conn
-                .prepare_cached("SELECT number FROM versions WHERE model_id = ?1 ORDER BY number")?
-                .query_map([id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            numbers
+        self.read(move |db| {
+            let id = query::model_id(db, &name)?;
+            version_numbers(db, id)?
                 .into_iter()
-                .map(|n| load_mlflow_version(conn, id, &name, to_u64(n)))
+                .map(|n| load_mlflow_version(db, id, &name, n))
                 .collect()
         })
         .await
@@ -602,9 +590,9 @@ impl MlflowStore for SqliteStore {
 
     async fn mlflow_version(&self, model: &ModelName, number: u64) -> StoreResult<MlflowVersion> {
         let name = model.clone();
-        self.read(move |conn| {
-            let id = query::model_id(conn, &name)?;
-            load_mlflow_version(conn, id, &name, number)
+        self.read(move |db| {
+            let id = query::model_id(db, &name)?;
+            load_mlflow_version(db, id, &name, number)
         })
         .await
     }
@@ -616,7 +604,7 @@ impl MlflowStore for SqliteStore {
         new: NewMlflowVersion,
     ) -> StoreResult<MlflowVersion> {
         let (c, name) = (ctx.clone(), model.clone());
-        self.write(ctx, move |conn| create_version(conn, &c, &name, new))
+        self.write(ctx, move |db| create_version(db, &c, &name, new))
             .await
     }
 
@@ -628,10 +616,8 @@ impl MlflowStore for SqliteStore {
         description: String,
     ) -> StoreResult<MlflowVersion> {
         let (c, name) = (ctx.clone(), model.clone());
-        self.write(ctx, move |conn| {
-            set_description(conn, &c, &name, number, description)
-        })
-        .await
+        self.write(ctx, move |db| set_description(db, &c, &name, number, description))
+            .await
     }
 
     async fn mlflow_transition(
@@ -643,15 +629,15 @@ impl MlflowStore for SqliteStore {
         archive_existing: bool,
     ) -> StoreResult<MlflowVersion> {
         let (c, name) = (ctx.clone(), model.clone());
-        self.write(ctx, move |conn| {
-            transition(conn, &c, &name, number, &path, archive_existing)
+        self.write(ctx, move |db| {
+            transition(db, &c, &name, number, &path, archive_existing)
         })
         .await
     }
 
     async fn mlflow_delete_version(&self, ctx: &Ctx, model: &ModelName, number: u64) -> StoreResult<()> {
         let (c, name) = (ctx.clone(), model.clone());
-        self.write(ctx, move |conn| delete_version(conn, &c, &name, number))
+        self.write(ctx, move |db| delete_version(db, &c, &name, number))
             .await
     }
 
@@ -661,8 +647,8 @@ impl MlflowStore for SqliteStore {
         obj: MlflowObject,
         create_only: bool,
     ) -> StoreResult<MlflowObject> {
-        self.write(ctx, move |conn| {
-            put_object(conn, &obj, create_only)?;
+        self.write(ctx, move |db| {
+            put_object(db, &obj, create_only)?;
             Ok(obj)
         })
         .await
@@ -670,58 +656,51 @@ impl MlflowStore for SqliteStore {
 
     async fn mlflow_delete_objects(&self, ctx: &Ctx, kind: &str, id: &str) -> StoreResult<u64> {
         let (kind, id) = (kind.to_owned(), id.to_owned());
-        self.write(ctx, move |conn| {
+        self.write(ctx, move |db| {
             let prefix = format!("{}/", id.trim_end_matches('/'));
-            let n = conn
-                .prepare_cached(
-                    "DELETE FROM mlflow_objects WHERE kind = ?1 AND (id = ?2 OR substr(id, 1, length(?3)) = ?3)",
-                )?
-                .execute(params![kind, id, prefix])?;
-            Ok(u64::try_from(n).unwrap_or(0))
+            db.execute(
+                "DELETE FROM mlflow_objects WHERE kind = ?1
+                 AND (id = ?2 OR substr(id, 1, length(CAST(?3 AS TEXT))) = CAST(?3 AS TEXT))",
+                crate::params![kind, id, prefix],
+            )
         })
         .await
     }
 
     async fn mlflow_get_object(&self, kind: &str, id: &str) -> StoreResult<MlflowObject> {
         let (kind, id) = (kind.to_owned(), id.to_owned());
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 AND id = ?2",
-                )?
-                .query_row(params![kind, id], object_from_row)
-                .optional()?
-                .ok_or_else(|| StoreError::not_found(format!("{kind} {id}")))?;
-            to_object(row)
+        self.read(move |db| {
+            db.query_row_opt(
+                "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 AND id = ?2",
+                crate::params![kind, id],
+                to_object,
+            )?
+            .ok_or_else(|| StoreError::not_found(format!("{kind} {id}")))
         })
         .await
     }
 
     async fn mlflow_object_by_name(&self, kind: &str, name: &str) -> StoreResult<MlflowObject> {
         let (kind, name) = (kind.to_owned(), name.to_owned());
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 AND name = ?2",
-                )?
-                .query_row(params![kind, name], object_from_row)
-                .optional()?
-                .ok_or_else(|| StoreError::not_found(format!("{kind} named {name:?}")))?;
-            to_object(row)
+        self.read(move |db| {
+            db.query_row_opt(
+                "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 AND name = ?2",
+                crate::params![kind, name],
+                to_object,
+            )?
+            .ok_or_else(|| StoreError::not_found(format!("{kind} named {name:?}")))
         })
         .await
     }
 
     async fn mlflow_objects(&self, kind: &str) -> StoreResult<Vec<MlflowObject>> {
         let kind = kind.to_owned();
-        self.read(move |conn| {
-            let rows: Vec<_> = conn
-                .prepare_cached(
-                    "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 ORDER BY rowid",
-                )?
-                .query_map([kind], object_from_row)?
-                .collect::<Result<_, _>>()?;
-            rows.into_iter().map(to_object).collect()
+        self.read(move |db| {
+            db.query_map(
+                "SELECT kind, id, name, body FROM mlflow_objects WHERE kind = ?1 ORDER BY rowid",
+                crate::params![kind],
+                to_object,
+            )
         })
         .await
     }

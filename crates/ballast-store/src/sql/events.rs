@@ -10,11 +10,11 @@ use ballast_api::events::{
     Webhook,
 };
 use ballast_core::{name::validate_namespace, ErrorCode, ModelName};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
 
 use super::query::{format_time, now, to_i64, to_u64};
+use crate::db::{Db, Row, Value as SqlValue};
+use crate::params;
 use crate::{unix_ms, AttemptOutcome, Claim, ClaimedDelivery, Ctx, StoreError, StoreResult};
 
 /// A webhook URL without its query and fragment (which often carry tokens), for the audit
@@ -80,7 +80,7 @@ fn parse_subject(subject: &str) -> (Option<String>, Option<u64>, Option<String>)
 
 /// Writes the event of a change and its deliveries. Returns the event id.
 pub(super) fn append(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     at: &str,
     action: &str,
@@ -96,34 +96,37 @@ pub(super) fn append(
     } else {
         parse_subject(subject)
     };
-    conn.prepare_cached(
-        "INSERT INTO outbox (at, type, actor, subject, model, version, alias, data, request_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        at,
-        kind,
-        ctx.actor,
-        subject,
-        model,
-        version.map(to_i64),
-        alias,
-        data.to_string(),
-        ctx.request_id
-    ])?;
-    let event_id = conn.last_insert_rowid();
-    let mut hooks = conn.prepare_cached("SELECT id, events, namespace, model FROM webhooks")?;
-    let rows = hooks.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
+    let event_id = db
+        .query_one(
+            "INSERT INTO outbox (at, type, actor, subject, model, version, alias, data, request_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+            params![
+                at,
+                kind,
+                ctx.actor,
+                subject,
+                model,
+                version.map(to_i64),
+                alias,
+                data.to_string(),
+                ctx.request_id
+            ],
+        )?
+        .get::<i64>(0)?;
+    let hooks = db.query_map(
+        "SELECT id, events, namespace, model FROM webhooks ORDER BY id",
+        params![],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<String>>(2)?,
+                r.get::<Option<String>>(3)?,
+            ))
+        },
+    )?;
     let ms = unix_ms();
-    for row in rows {
-        let (hook, events, ns, m) = row?;
+    for (hook, events, ns, m) in hooks {
         let events: Vec<String> = serde_json::from_str(&events)?;
         let type_ok = events.is_empty() || events.iter().any(|e| e == kind);
         let ns_ok = ns.as_deref().is_none_or(|ns| {
@@ -134,21 +137,22 @@ pub(super) fn append(
         });
         let model_ok = m.as_deref().is_none_or(|want| model.as_deref() == Some(want));
         if type_ok && ns_ok && model_ok {
-            insert_delivery(conn, hook, event_id, ms)?;
+            insert_delivery(db, hook, event_id, ms)?;
         }
     }
     Ok(event_id)
 }
 
-fn insert_delivery(conn: &Connection, hook: i64, event: i64, ms: i64) -> StoreResult<i64> {
-    conn.prepare_cached(
-        "INSERT INTO deliveries (webhook_id, event_id, next_attempt_ms, created_ms, created_at) VALUES (?1, ?2, ?3, ?3, ?4)",
+fn insert_delivery(db: &dyn Db, hook: i64, event: i64, ms: i64) -> StoreResult<i64> {
+    db.query_one(
+        "INSERT INTO deliveries (webhook_id, event_id, next_attempt_ms, created_ms, created_at)
+         VALUES (?1, ?2, ?3, ?3, ?4) RETURNING id",
+        params![hook, event, ms, ms_to_time(ms)],
     )?
-    .execute(params![hook, event, ms, ms_to_time(ms)])?;
-    Ok(conn.last_insert_rowid())
+    .get::<i64>(0)
 }
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+fn event_from_row(r: &Row) -> StoreResult<Event> {
     let data: String = r.get(8)?;
     Ok(Event {
         id: to_u64(r.get(0)?),
@@ -157,7 +161,7 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
         actor: r.get(3)?,
         subject: r.get(4)?,
         model: r.get(5)?,
-        version: r.get::<_, Option<i64>>(6)?.map(to_u64),
+        version: r.get::<Option<i64>>(6)?.map(to_u64),
         alias: r.get(7)?,
         data: serde_json::from_str(&data).unwrap_or(Value::Null),
         request_id: r.get(9)?,
@@ -166,19 +170,16 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
 
 const EVENT_COLUMNS: &str = "id, at, type, actor, subject, model, version, alias, data, request_id";
 
-pub(super) fn load_event(conn: &Connection, id: i64) -> StoreResult<Event> {
-    conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE id = ?1"))?
-        .query_row([id], event_from_row)
-        .optional()?
-        .ok_or_else(|| StoreError::not_found(format!("event {id}")))
+pub(super) fn load_event(db: &dyn Db, id: i64) -> StoreResult<Event> {
+    db.query_row_opt(
+        &format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE id = ?1"),
+        params![id],
+        event_from_row,
+    )?
+    .ok_or_else(|| StoreError::not_found(format!("event {id}")))
 }
 
-pub(super) fn list_events(
-    conn: &Connection,
-    after: u64,
-    limit: u32,
-    types: &[String],
-) -> StoreResult<EventList> {
+pub(super) fn list_events(db: &dyn Db, after: u64, limit: u32, types: &[String]) -> StoreResult<EventList> {
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM outbox WHERE id > ?1");
     let mut args: Vec<SqlValue> = vec![to_i64(after).into()];
     if !types.is_empty() {
@@ -191,21 +192,19 @@ pub(super) fn list_events(
             .collect();
         sql += &format!(" AND type IN ({})", marks.join(", "));
     }
-    sql += &format!(" ORDER BY id LIMIT {}", limit.clamp(1, 1000));
-    let mut stmt = conn.prepare(&sql)?;
-    let events = stmt
-        .query_map(params_from_iter(args.iter()), event_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+    // The limit is a parameter too, so the statement text (and its prepared statement) is one
+    // per number of types.
+    args.push(i64::from(limit.clamp(1, 1000)).into());
+    sql += &format!(" ORDER BY id LIMIT ?{}", args.len());
+    let events = db.query_map(&sql, &args, event_from_row)?;
     let next_after = events.last().map_or(after, |e| e.id);
     Ok(EventList { events, next_after })
 }
 
-pub(super) fn last_event_id(conn: &Connection) -> StoreResult<u64> {
-    Ok(to_u64(conn.query_row(
-        "SELECT coalesce(max(id), 0) FROM outbox",
-        [],
-        |r| r.get(0),
-    )?))
+pub(super) fn last_event_id(db: &dyn Db) -> StoreResult<u64> {
+    Ok(db
+        .query_value::<u64>("SELECT coalesce(max(id), 0) FROM outbox", &[])?
+        .unwrap_or(0))
 }
 
 fn invalid(field: &str, message: String) -> StoreError {
@@ -217,7 +216,7 @@ fn invalid(field: &str, message: String) -> StoreError {
 }
 
 fn webhook_from_row(
-    conn: &Connection,
+    db: &dyn Db,
     r: (
         i64,
         String,
@@ -232,8 +231,11 @@ fn webhook_from_row(
     let (id, url, events, namespace, model, description, created_by, created_at) = r;
     let count = |status: &str| -> StoreResult<u64> {
         Ok(to_u64(
-            conn.prepare_cached("SELECT count(*) FROM deliveries WHERE webhook_id = ?1 AND status = ?2")?
-                .query_row(params![id, status], |r| r.get(0))?,
+            db.query_one(
+                "SELECT count(*) FROM deliveries WHERE webhook_id = ?1 AND status = ?2",
+                params![id, status],
+            )?
+            .get::<i64>(0)?,
         ))
     };
     Ok(Webhook {
@@ -264,7 +266,7 @@ type WebhookRow = (
     String,
 );
 
-fn webhook_row(r: &Row<'_>) -> rusqlite::Result<WebhookRow> {
+fn webhook_row(r: &Row) -> StoreResult<WebhookRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -277,22 +279,27 @@ fn webhook_row(r: &Row<'_>) -> rusqlite::Result<WebhookRow> {
     ))
 }
 
-pub(super) fn get_webhook(conn: &Connection, id: u64) -> StoreResult<Webhook> {
-    let row = conn
-        .prepare_cached(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"))?
-        .query_row([to_i64(id)], webhook_row)
-        .optional()?
+pub(super) fn get_webhook(db: &dyn Db, id: u64) -> StoreResult<Webhook> {
+    let row = db
+        .query_row_opt(
+            &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+            params![to_i64(id)],
+            webhook_row,
+        )?
         .ok_or_else(|| StoreError::not_found(format!("webhook {id}")))?;
-    webhook_from_row(conn, row)
+    webhook_from_row(db, row)
 }
 
-pub(super) fn list_webhooks(conn: &Connection) -> StoreResult<Vec<Webhook>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"))?;
-    let rows = stmt.query_map([], webhook_row)?.collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter().map(|r| webhook_from_row(conn, r)).collect()
+pub(super) fn list_webhooks(db: &dyn Db) -> StoreResult<Vec<Webhook>> {
+    let rows = db.query_map(
+        &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"),
+        params![],
+        webhook_row,
+    )?;
+    rows.into_iter().map(|r| webhook_from_row(db, r)).collect()
 }
 
-pub(super) fn create_webhook(conn: &Connection, ctx: &Ctx, req: &CreateWebhook) -> StoreResult<Webhook> {
+pub(super) fn create_webhook(db: &dyn Db, ctx: &Ctx, req: &CreateWebhook) -> StoreResult<Webhook> {
     let url = req.url.trim();
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
     if !scheme_ok || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -339,24 +346,25 @@ pub(super) fn create_webhook(conn: &Connection, ctx: &Ctx, req: &CreateWebhook) 
             "webhook descriptions are at most 1024 bytes".into(),
         ));
     }
-    conn.prepare_cached(
-        "INSERT INTO webhooks (url, events, namespace, model, secret, description, created_by, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        url,
-        serde_json::to_string(&req.events)?,
-        req.namespace,
-        req.model,
-        secret,
-        req.description,
-        ctx.actor,
-        now()
-    ])?;
-    let id = to_u64(conn.last_insert_rowid());
-    let mut hook = get_webhook(conn, id)?;
+    let id = db
+        .query_one(
+            "INSERT INTO webhooks (url, events, namespace, model, secret, description, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+            params![
+                url,
+                serde_json::to_string(&req.events)?,
+                req.namespace,
+                req.model,
+                secret,
+                req.description,
+                ctx.actor,
+                now()
+            ],
+        )?
+        .get::<u64>(0)?;
+    let mut hook = get_webhook(db, id)?;
     super::ops::record_change(
-        conn,
+        db,
         ctx,
         "webhook.create",
         &format!("webhook/{id}"),
@@ -367,12 +375,11 @@ pub(super) fn create_webhook(conn: &Connection, ctx: &Ctx, req: &CreateWebhook) 
     Ok(hook)
 }
 
-pub(super) fn delete_webhook(conn: &Connection, ctx: &Ctx, id: u64) -> StoreResult<()> {
-    let hook = get_webhook(conn, id)?;
-    conn.prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
-        .execute([to_i64(id)])?;
+pub(super) fn delete_webhook(db: &dyn Db, ctx: &Ctx, id: u64) -> StoreResult<()> {
+    let hook = get_webhook(db, id)?;
+    db.execute("DELETE FROM webhooks WHERE id = ?1", params![to_i64(id)])?;
     super::ops::record_change(
-        conn,
+        db,
         ctx,
         "webhook.delete",
         &format!("webhook/{id}"),
@@ -381,22 +388,25 @@ pub(super) fn delete_webhook(conn: &Connection, ctx: &Ctx, id: u64) -> StoreResu
     )
 }
 
-pub(super) fn ping_webhook(conn: &Connection, ctx: &Ctx, id: u64) -> StoreResult<Delivery> {
-    get_webhook(conn, id)?;
+pub(super) fn ping_webhook(db: &dyn Db, ctx: &Ctx, id: u64) -> StoreResult<Delivery> {
+    get_webhook(db, id)?;
     let at = now();
     let subject = format!("webhook/{id}");
-    conn.prepare_cached(
-        "INSERT INTO outbox (at, type, actor, subject, data, request_id) VALUES (?1, 'webhook.ping', ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![at, ctx.actor, subject, json!({ "before": null, "after": { "webhook_id": id } }).to_string(), ctx.request_id])?;
-    let event = conn.last_insert_rowid();
-    let delivery = insert_delivery(conn, to_i64(id), event, unix_ms())?;
-    get_delivery(conn, id, to_u64(delivery))
+    let data = json!({ "before": null, "after": { "webhook_id": id } }).to_string();
+    let event = db
+        .query_one(
+            "INSERT INTO outbox (at, type, actor, subject, data, request_id)
+             VALUES (?1, 'webhook.ping', ?2, ?3, ?4, ?5) RETURNING id",
+            params![at, ctx.actor, subject, data, ctx.request_id],
+        )?
+        .get::<i64>(0)?;
+    let delivery = insert_delivery(db, to_i64(id), event, unix_ms())?;
+    get_delivery(db, id, to_u64(delivery))
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_id, o.type, d.status, d.attempt_count, d.next_attempt_ms, d.created_at, d.delivered_at";
 
-fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+fn delivery_from_row(r: &Row) -> StoreResult<Delivery> {
     let status: String = r.get(4)?;
     let status = match status.as_str() {
         "delivered" => DeliveryStatus::Delivered,
@@ -409,7 +419,7 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         event_id: to_u64(r.get(2)?),
         event_type: r.get(3)?,
         status,
-        attempt_count: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+        attempt_count: u32::try_from(r.get::<i64>(5)?).unwrap_or(u32::MAX),
         next_attempt_at: (status == DeliveryStatus::Pending).then(|| ms_to_time(r.get(6).unwrap_or(0))),
         created_at: r.get(7)?,
         delivered_at: r.get(8)?,
@@ -417,58 +427,60 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-pub(super) fn get_delivery(conn: &Connection, webhook: u64, id: u64) -> StoreResult<Delivery> {
-    let mut d = conn
-        .prepare_cached(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN outbox o ON o.id = d.event_id WHERE d.id = ?1 AND d.webhook_id = ?2"
-        ))?
-        .query_row(params![to_i64(id), to_i64(webhook)], delivery_from_row)
-        .optional()?
+pub(super) fn get_delivery(db: &dyn Db, webhook: u64, id: u64) -> StoreResult<Delivery> {
+    let mut d = db
+        .query_row_opt(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN outbox o ON o.id = d.event_id
+                 WHERE d.id = ?1 AND d.webhook_id = ?2"
+            ),
+            params![to_i64(id), to_i64(webhook)],
+            delivery_from_row,
+        )?
         .ok_or_else(|| StoreError::not_found(format!("delivery {id} of webhook {webhook}")))?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT at, status, latency_ms, error, response_snippet FROM delivery_attempts WHERE delivery_id = ?1 ORDER BY id",
-    )?;
-    d.attempts = stmt
-        .query_map([to_i64(id)], |r| {
+    d.attempts = db.query_map(
+        "SELECT at, status, latency_ms, error, response_snippet FROM delivery_attempts
+         WHERE delivery_id = ?1 ORDER BY id",
+        params![to_i64(id)],
+        |r| {
             Ok(DeliveryAttempt {
                 at: r.get(0)?,
-                status: r.get::<_, Option<i64>>(1)?.and_then(|s| u16::try_from(s).ok()),
+                status: r.get::<Option<i64>>(1)?.and_then(|s| u16::try_from(s).ok()),
                 latency_ms: to_u64(r.get(2)?),
                 error: r.get(3)?,
                 response_snippet: r.get(4)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     Ok(d)
 }
 
 pub(super) fn list_deliveries(
-    conn: &Connection,
+    db: &dyn Db,
     webhook: u64,
     status: Option<DeliveryStatus>,
     limit: u32,
 ) -> StoreResult<DeliveryList> {
-    get_webhook(conn, webhook)?;
+    get_webhook(db, webhook)?;
     let status = status.map(|s| match s {
         DeliveryStatus::Pending => "pending",
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Dead => "dead",
     });
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN outbox o ON o.id = d.event_id
-         WHERE d.webhook_id = ?1 AND (?2 IS NULL OR d.status = ?2) ORDER BY d.id DESC LIMIT ?3"
-    ))?;
-    let deliveries = stmt
-        .query_map(
-            params![to_i64(webhook), status, i64::from(limit.clamp(1, 1000))],
-            delivery_from_row,
-        )?
-        .collect::<Result<_, _>>()?;
+    let deliveries = db.query_map(
+        &format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN outbox o ON o.id = d.event_id
+             WHERE d.webhook_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR d.status = CAST(?2 AS TEXT))
+             ORDER BY d.id DESC LIMIT ?3"
+        ),
+        params![to_i64(webhook), status, i64::from(limit.clamp(1, 1000))],
+        delivery_from_row,
+    )?;
     Ok(DeliveryList { deliveries })
 }
 
-pub(super) fn redeliver(conn: &Connection, ctx: &Ctx, webhook: u64, id: u64) -> StoreResult<Delivery> {
-    let before = get_delivery(conn, webhook, id)?;
+pub(super) fn redeliver(db: &dyn Db, ctx: &Ctx, webhook: u64, id: u64) -> StoreResult<Delivery> {
+    let before = get_delivery(db, webhook, id)?;
     if before.status == DeliveryStatus::Pending {
         return Err(StoreError::new(
             ErrorCode::Conflict,
@@ -478,30 +490,31 @@ pub(super) fn redeliver(conn: &Connection, ctx: &Ctx, webhook: u64, id: u64) -> 
             ),
         ));
     }
-    conn.prepare_cached(
+    db.execute(
         "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?2, lease_owner = NULL, lease_until_ms = 0,
                 created_ms = ?2 WHERE id = ?1",
-    )?
-    .execute(params![to_i64(id), unix_ms()])?;
+        params![to_i64(id), unix_ms()],
+    )?;
     super::ops::record_audit_only(
-        conn,
+        db,
         ctx,
         "webhook.redeliver",
         &format!("webhook/{webhook}"),
         &json!({ "delivery": id, "status": before.status }),
         &json!({ "delivery": id, "status": "pending" }),
     )?;
-    get_delivery(conn, webhook, id)
+    get_delivery(db, webhook, id)
 }
 
 /// Claims due deliveries for `claim.node`, at most `claim.per_webhook` in flight per webhook.
-pub(super) fn claim(conn: &Connection, claim: &Claim) -> StoreResult<Vec<ClaimedDelivery>> {
+pub(super) fn claim(db: &dyn Db, claim: &Claim) -> StoreResult<Vec<ClaimedDelivery>> {
     let now = claim.now_ms;
-    let mut hooks = conn.prepare_cached(
+    let due: Vec<i64> = db.query_map(
         "SELECT DISTINCT webhook_id FROM deliveries
-         WHERE status = 'pending' AND next_attempt_ms <= ?1 AND lease_until_ms < ?1",
+         WHERE status = 'pending' AND next_attempt_ms <= ?1 AND lease_until_ms < ?1 ORDER BY webhook_id",
+        params![now],
+        |r| r.get::<i64>(0),
     )?;
-    let due: Vec<i64> = hooks.query_map([now], |r| r.get(0))?.collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for hook in due {
         let busy = claim.in_flight.get(&to_u64(hook)).copied().unwrap_or(0);
@@ -510,20 +523,19 @@ pub(super) fn claim(conn: &Connection, claim: &Claim) -> StoreResult<Vec<Claimed
             continue;
         }
         let room = room.min(claim.max - out.len());
-        let mut stmt = conn.prepare_cached(
+        let rows: Vec<(i64, i64, i64, i64, String, String)> = db.query_map(
             "SELECT d.id, d.attempt_count, d.created_ms, d.event_id, w.url, w.secret FROM deliveries d
              JOIN webhooks w ON w.id = d.webhook_id
              WHERE d.webhook_id = ?1 AND d.status = 'pending' AND d.next_attempt_ms <= ?2 AND d.lease_until_ms < ?2
              ORDER BY d.id LIMIT ?3",
+            params![hook, now, i64::try_from(room).unwrap_or(1)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
-        let rows: Vec<(i64, i64, i64, i64, String, String)> = stmt
-            .query_map(params![hook, now, i64::try_from(room).unwrap_or(1)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?
-            .collect::<Result<_, _>>()?;
         for (id, attempts, created_ms, event, url, secret) in rows {
-            conn.prepare_cached("UPDATE deliveries SET lease_owner = ?2, lease_until_ms = ?3 WHERE id = ?1")?
-                .execute(params![id, claim.node, now + claim.lease_ms])?;
+            db.execute(
+                "UPDATE deliveries SET lease_owner = ?2, lease_until_ms = ?3 WHERE id = ?1",
+                params![id, claim.node, now.saturating_add(claim.lease_ms)],
+            )?;
             out.push(ClaimedDelivery {
                 id: to_u64(id),
                 webhook_id: to_u64(hook),
@@ -531,7 +543,7 @@ pub(super) fn claim(conn: &Connection, claim: &Claim) -> StoreResult<Vec<Claimed
                 secret,
                 attempt_count: u32::try_from(attempts).unwrap_or(u32::MAX),
                 created_ms,
-                event: load_event(conn, event)?,
+                event: load_event(db, event)?,
             });
         }
     }
@@ -540,39 +552,41 @@ pub(super) fn claim(conn: &Connection, claim: &Claim) -> StoreResult<Vec<Claimed
 
 /// Records an attempt and its outcome, if this node still holds the lease.
 pub(super) fn finish(
-    conn: &Connection,
+    db: &dyn Db,
     node: &str,
     id: u64,
     attempt: &DeliveryAttempt,
     outcome: AttemptOutcome,
 ) -> StoreResult<bool> {
-    let owner: Option<Option<String>> = conn
-        .prepare_cached("SELECT lease_owner FROM deliveries WHERE id = ?1")?
-        .query_row([to_i64(id)], |r| r.get(0))
-        .optional()?;
+    let owner: Option<Option<String>> = db.query_row_opt(
+        "SELECT lease_owner FROM deliveries WHERE id = ?1",
+        params![to_i64(id)],
+        |r| r.get::<Option<String>>(0),
+    )?;
     if owner.flatten().as_deref() != Some(node) {
         return Ok(false);
     }
-    conn.prepare_cached(
-        "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error, response_snippet) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        to_i64(id),
-        attempt.at,
-        attempt.status.map(i64::from),
-        to_i64(attempt.latency_ms),
-        attempt.error,
-        attempt.response_snippet
-    ])?;
+    db.execute(
+        "INSERT INTO delivery_attempts (delivery_id, at, status, latency_ms, error, response_snippet)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            to_i64(id),
+            attempt.at,
+            attempt.status.map(i64::from),
+            to_i64(attempt.latency_ms),
+            attempt.error,
+            attempt.response_snippet
+        ],
+    )?;
     let (status, next, delivered) = match outcome {
         AttemptOutcome::Delivered => ("delivered", 0, Some(now())),
         AttemptOutcome::Retry { next_attempt_ms } => ("pending", next_attempt_ms, None),
         AttemptOutcome::Dead => ("dead", 0, None),
     };
-    conn.prepare_cached(
+    db.execute(
         "UPDATE deliveries SET status = ?2, next_attempt_ms = ?3, delivered_at = ?4, attempt_count = attempt_count + 1,
                 lease_owner = NULL, lease_until_ms = 0 WHERE id = ?1",
-    )?
-    .execute(params![to_i64(id), status, next, delivered])?;
+        params![to_i64(id), status, next, delivered],
+    )?;
     Ok(true)
 }

@@ -6,12 +6,13 @@ use ballast_api::auth::{
     is_namespace_pattern, is_principal, CreateToken, GrantRole, Role, RoleBinding, Token,
 };
 use ballast_core::ErrorCode;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
 
 use super::ops::record_change;
-use super::query::{format_time, now, to_i64, to_u64};
+use super::query::{bytewise, format_time, now, to_i64, to_u64};
 use super::SqliteStore;
+use crate::db::{Db, Row};
+use crate::params;
 use crate::{AuthStore, Ctx, StoreError, StoreResult, TokenLookup};
 
 /// Most tokens one request may create roles for, and the longest description.
@@ -62,7 +63,7 @@ fn normalize_time(field: &str, s: &str) -> StoreResult<String> {
 const TOKEN_COLUMNS: &str =
     "id, principal, description, prefix, created_at, created_by, expires_at, revoked_at";
 
-fn token_row(r: &Row<'_>) -> rusqlite::Result<Token> {
+fn token_row(r: &Row) -> StoreResult<Token> {
     Ok(Token {
         id: to_u64(r.get(0)?),
         principal: r.get(1)?,
@@ -75,11 +76,13 @@ fn token_row(r: &Row<'_>) -> rusqlite::Result<Token> {
     })
 }
 
-fn load_token(conn: &Connection, id: u64) -> StoreResult<Token> {
-    conn.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"))?
-        .query_row([to_i64(id)], token_row)
-        .optional()?
-        .ok_or_else(|| StoreError::not_found(format!("token {id}")))
+fn load_token(db: &dyn Db, id: u64) -> StoreResult<Token> {
+    db.query_row_opt(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+        params![to_i64(id)],
+        token_row,
+    )?
+    .ok_or_else(|| StoreError::not_found(format!("token {id}")))
 }
 
 fn token_json(t: &Token) -> Value {
@@ -89,7 +92,7 @@ fn token_json(t: &Token) -> Value {
     })
 }
 
-fn binding_row(r: &Row<'_>) -> rusqlite::Result<RoleBinding> {
+fn binding_row(r: &Row) -> StoreResult<RoleBinding> {
     let role: String = r.get(2)?;
     Ok(RoleBinding {
         principal: r.get(0)?,
@@ -101,7 +104,7 @@ fn binding_row(r: &Row<'_>) -> rusqlite::Result<RoleBinding> {
 }
 
 fn insert_token(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     req: &CreateToken,
     prefix: &str,
@@ -133,22 +136,24 @@ fn insert_token(
             Some(t)
         }
     };
-    conn.prepare_cached(
-        "INSERT INTO tokens (principal, description, prefix, secret_sha256, created_at, created_by, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        req.principal,
-        req.description,
-        prefix,
-        secret_sha256,
-        now(),
-        ctx.actor,
-        expires_at
-    ])?;
-    let token = load_token(conn, to_u64(conn.last_insert_rowid()))?;
+    let id = db
+        .query_one(
+            "INSERT INTO tokens (principal, description, prefix, secret_sha256, created_at, created_by, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            params![
+                req.principal,
+                req.description,
+                prefix,
+                secret_sha256,
+                now(),
+                ctx.actor,
+                expires_at
+            ],
+        )?
+        .get::<u64>(0)?;
+    let token = load_token(db, id)?;
     record_change(
-        conn,
+        db,
         ctx,
         "token.created",
         &format!("token/{}", token.id),
@@ -157,7 +162,7 @@ fn insert_token(
     )?;
     for r in &req.roles {
         grant(
-            conn,
+            db,
             ctx,
             &GrantRole {
                 principal: req.principal.clone(),
@@ -169,33 +174,22 @@ fn insert_token(
     Ok(token)
 }
 
-fn grant(conn: &Connection, ctx: &Ctx, req: &GrantRole) -> StoreResult<RoleBinding> {
+fn grant(db: &dyn Db, ctx: &Ctx, req: &GrantRole) -> StoreResult<RoleBinding> {
     check_principal(&req.principal)?;
     check_namespace(&req.namespace)?;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO role_bindings (principal, namespace, role, granted_at, granted_by)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            req.principal,
-            req.namespace,
-            req.role.as_str(),
-            now(),
-            ctx.actor
-        ])?;
-    let binding = conn
-        .prepare_cached(
-            "SELECT principal, namespace, role, granted_at, granted_by FROM role_bindings
-             WHERE principal = ?1 AND namespace = ?2 AND role = ?3",
-        )?
-        .query_row(
-            params![req.principal, req.namespace, req.role.as_str()],
-            binding_row,
-        )?;
+    let inserted = db.execute(
+        "INSERT INTO role_bindings (principal, namespace, role, granted_at, granted_by)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (principal, namespace, role) DO NOTHING",
+        params![req.principal, req.namespace, req.role.as_str(), now(), ctx.actor],
+    )?;
+    let binding = binding_row(&db.query_one(
+        "SELECT principal, namespace, role, granted_at, granted_by FROM role_bindings
+         WHERE principal = ?1 AND namespace = ?2 AND role = ?3",
+        params![req.principal, req.namespace, req.role.as_str()],
+    )?)?;
     if inserted > 0 {
         record_change(
-            conn,
+            db,
             ctx,
             "role.granted",
             &format!("principal/{}", req.principal),
@@ -208,11 +202,7 @@ fn grant(conn: &Connection, ctx: &Ctx, req: &GrantRole) -> StoreResult<RoleBindi
 
 /// Whether some token other than `except` still works for a principal holding `admin` on `*`
 /// once `revoked` (a role binding) is gone — the registry must never lock its admins out.
-fn admin_remains(
-    conn: &Connection,
-    except_token: Option<u64>,
-    revoked: Option<&GrantRole>,
-) -> StoreResult<bool> {
+fn admin_remains(db: &dyn Db, except_token: Option<u64>, revoked: Option<&GrantRole>) -> StoreResult<bool> {
     let (rp, rns, rrole) = revoked.map_or((None, None, None), |g| {
         (
             Some(g.principal.clone()),
@@ -220,16 +210,15 @@ fn admin_remains(
             Some(g.role.as_str()),
         )
     });
+    // Text comparisons here are equality only (the times sort as text by construction).
     let sql = "SELECT EXISTS (SELECT 1 FROM tokens t JOIN role_bindings b ON b.principal = t.principal
                WHERE b.namespace = '*' AND b.role = 'admin' AND t.revoked_at IS NULL
-                 AND (t.expires_at IS NULL OR t.expires_at > ?1)
-                 AND (?2 IS NULL OR t.id != ?2)
-                 AND NOT (b.principal IS ?3 AND b.namespace IS ?4 AND b.role IS ?5))";
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row(params![now(), except_token.map(to_i64), rp, rns, rrole], |r| {
-            r.get(0)
-        })?)
+                 AND (t.expires_at IS NULL OR t.expires_at > CAST(?1 AS TEXT))
+                 AND (CAST(?2 AS BIGINT) IS NULL OR t.id <> CAST(?2 AS BIGINT))
+                 AND NOT (CAST(?3 AS TEXT) IS NOT NULL AND b.principal = CAST(?3 AS TEXT)
+                          AND b.namespace = CAST(?4 AS TEXT) AND b.role = CAST(?5 AS TEXT)))";
+    db.query_one(sql, params![now(), except_token.map(to_i64), rp, rns, rrole])?
+        .get::<bool>(0)
 }
 
 fn last_admin() -> StoreError {
@@ -249,10 +238,8 @@ impl AuthStore for SqliteStore {
         secret_sha256: String,
     ) -> StoreResult<Token> {
         let c = ctx.clone();
-        self.write(ctx, move |conn| {
-            insert_token(conn, &c, &req, &prefix, &secret_sha256)
-        })
-        .await
+        self.write(ctx, move |db| insert_token(db, &c, &req, &prefix, &secret_sha256))
+            .await
     }
 
     async fn bootstrap_admin(
@@ -272,43 +259,46 @@ impl AuthStore for SqliteStore {
                 role: Role::Admin,
             }],
         };
-        self.write_internal(move |conn| {
-            let any: bool = conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM tokens)")?
-                .query_row([], |r| r.get(0))?;
+        self.write_internal(move |db| {
+            let any: bool = db
+                .query_one("SELECT EXISTS (SELECT 1 FROM tokens)", params![])?
+                .get::<bool>(0)?;
             if any {
                 return Ok(None);
             }
-            insert_token(conn, &c, &req, &prefix, &secret_sha256).map(Some)
+            insert_token(db, &c, &req, &prefix, &secret_sha256).map(Some)
         })
         .await
     }
 
     async fn list_tokens(&self) -> StoreResult<Vec<Token>> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"))?
-                .query_map([], token_row)?
-                .collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query_map(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"),
+                params![],
+                token_row,
+            )
         })
         .await
     }
 
     async fn revoke_token(&self, ctx: &Ctx, id: u64) -> StoreResult<Token> {
         let c = ctx.clone();
-        self.write(ctx, move |conn| {
-            let before = load_token(conn, id)?;
+        self.write(ctx, move |db| {
+            let before = load_token(db, id)?;
             if before.revoked_at.is_some() {
                 return Ok(before);
             }
-            if !admin_remains(conn, Some(id), None)? && admin_remains(conn, None, None)? {
+            if !admin_remains(db, Some(id), None)? && admin_remains(db, None, None)? {
                 return Err(last_admin());
             }
-            conn.prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1")?
-                .execute(params![to_i64(id), now()])?;
-            let after = load_token(conn, id)?;
+            db.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1",
+                params![to_i64(id), now()],
+            )?;
+            let after = load_token(db, id)?;
             record_change(
-                conn,
+                db,
                 &c,
                 "token.revoked",
                 &format!("token/{id}"),
@@ -322,13 +312,12 @@ impl AuthStore for SqliteStore {
 
     async fn token_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<TokenLookup>> {
         let h = secret_sha256.to_owned();
-        self.read(move |conn| {
-            let token = conn
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_sha256 = ?1"
-                ))?
-                .query_row([h], token_row)
-                .optional()?;
+        self.read(move |db| {
+            let token = db.query_row_opt(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_sha256 = ?1"),
+                params![h],
+                token_row,
+            )?;
             Ok(token.map(|token| {
                 let now = now();
                 let usable = token.revoked_at.is_none() && token.expires_at.as_ref().is_none_or(|e| *e > now);
@@ -340,24 +329,23 @@ impl AuthStore for SqliteStore {
 
     async fn grant_role(&self, ctx: &Ctx, req: GrantRole) -> StoreResult<RoleBinding> {
         let c = ctx.clone();
-        self.write(ctx, move |conn| grant(conn, &c, &req)).await
+        self.write(ctx, move |db| grant(db, &c, &req)).await
     }
 
     async fn revoke_role(&self, ctx: &Ctx, req: GrantRole) -> StoreResult<()> {
         let c = ctx.clone();
-        self.write(ctx, move |conn| {
+        self.write(ctx, move |db| {
             if req.role == Role::Admin
                 && req.namespace == ballast_api::auth::ANY_NAMESPACE
-                && !admin_remains(conn, None, Some(&req))?
-                && admin_remains(conn, None, None)?
+                && !admin_remains(db, None, Some(&req))?
+                && admin_remains(db, None, None)?
             {
                 return Err(last_admin());
             }
-            let n = conn
-                .prepare_cached(
-                    "DELETE FROM role_bindings WHERE principal = ?1 AND namespace = ?2 AND role = ?3",
-                )?
-                .execute(params![req.principal, req.namespace, req.role.as_str()])?;
+            let n = db.execute(
+                "DELETE FROM role_bindings WHERE principal = ?1 AND namespace = ?2 AND role = ?3",
+                params![req.principal, req.namespace, req.role.as_str()],
+            )?;
             if n == 0 {
                 return Err(StoreError::not_found(format!(
                     "role {} of {} in namespace {}",
@@ -365,7 +353,7 @@ impl AuthStore for SqliteStore {
                 )));
             }
             record_change(
-                conn,
+                db,
                 &c,
                 "role.revoked",
                 &format!("principal/{}", req.principal),
@@ -377,13 +365,14 @@ impl AuthStore for SqliteStore {
     }
 
     async fn list_roles(&self, principal: Option<String>) -> StoreResult<Vec<RoleBinding>> {
-        self.read(move |conn| {
-            let sql = "SELECT principal, namespace, role, granted_at, granted_by FROM role_bindings
-                       WHERE ?1 IS NULL OR principal = ?1 ORDER BY principal, namespace, role";
-            Ok(conn
-                .prepare_cached(sql)?
-                .query_map([principal], binding_row)?
-                .collect::<Result<_, _>>()?)
+        self.read(move |db| {
+            let c = bytewise(db);
+            let sql = format!(
+                "SELECT principal, namespace, role, granted_at, granted_by FROM role_bindings
+                 WHERE CAST(?1 AS TEXT) IS NULL OR principal = CAST(?1 AS TEXT)
+                 ORDER BY principal{c}, namespace{c}, role{c}"
+            );
+            db.query_map(&sql, params![principal], binding_row)
         })
         .await
     }

@@ -10,10 +10,11 @@ use ballast_core::{
     validate_alias, validate_artifact_path, validate_tag_key, ErrorCode, Manifest, ManifestEntry, ModelName,
     Sha256Digest, Stage,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use crate::db::Db;
 
 use super::query::{self, audit_hash, model_id, now, to_i64, to_u64};
 use crate::{Ctx, Idempotency, Precondition, StoreError, StoreResult};
@@ -36,20 +37,16 @@ fn conflict(message: impl Into<String>) -> StoreError {
 }
 
 /// Runs `op` unless this key already recorded a result for this actor.
-pub(super) fn with_idempotency<T, F>(
-    conn: &Connection,
-    actor: &str,
-    idem: &Idempotency,
-    op: F,
-) -> StoreResult<T>
+pub(super) fn with_idempotency<T, F>(db: &dyn Db, actor: &str, idem: &Idempotency, op: F) -> StoreResult<T>
 where
     T: Serialize + DeserializeOwned,
-    F: FnOnce(&Connection) -> StoreResult<T>,
+    F: FnOnce(&dyn Db) -> StoreResult<T>,
 {
-    let seen: Option<(String, String)> = conn
-        .prepare_cached("SELECT fingerprint, result FROM idempotency WHERE actor = ?1 AND key = ?2")?
-        .query_row(params![actor, idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let seen = db.query_row_opt(
+        "SELECT fingerprint, result FROM idempotency WHERE actor = ?1 AND key = ?2",
+        crate::params![actor, idem.key],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
     if let Some((fingerprint, result)) = seen {
         if fingerprint != idem.fingerprint {
             return Err(StoreError {
@@ -63,23 +60,23 @@ where
         }
         return Ok(serde_json::from_str(&result)?);
     }
-    let out = op(conn)?;
-    conn.prepare_cached(
+    let out = op(db)?;
+    db.execute(
         "INSERT INTO idempotency (actor, key, fingerprint, result, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        actor,
-        idem.key,
-        idem.fingerprint,
-        serde_json::to_string(&out)?,
-        now()
-    ])?;
+        crate::params![
+            actor,
+            idem.key,
+            idem.fingerprint,
+            serde_json::to_string(&out)?,
+            now()
+        ],
+    )?;
     Ok(out)
 }
 
 /// Appends the hash-chained audit entry of a change; returns its id.
 fn audit_entry(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     at: &str,
     action: &str,
@@ -87,14 +84,12 @@ fn audit_entry(
     before: &Value,
     after: &Value,
 ) -> StoreResult<i64> {
-    let prev: String = conn
-        .prepare_cached("SELECT hash FROM audit ORDER BY id DESC LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?
+    let prev = db
+        .query_value::<String>("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", &[])?
         .unwrap_or_default();
-    let id: i64 = conn
-        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM audit")?
-        .query_row([], |r| r.get(0))?;
+    let id = db
+        .query_one("SELECT coalesce(max(id), 0) + 1 FROM audit", &[])?
+        .get::<i64>(0)?;
     let (before_s, after_s) = (before.to_string(), after.to_string());
     let hash = audit_hash(
         &prev,
@@ -109,28 +104,28 @@ fn audit_entry(
             &ctx.request_id,
         ],
     );
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO audit (id, at, actor, action, target, before, after, request_id, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        id,
-        at,
-        ctx.actor,
-        action,
-        target,
-        before_s,
-        after_s,
-        ctx.request_id,
-        prev,
-        hash
-    ])?;
+        crate::params![
+            id,
+            at,
+            ctx.actor,
+            action,
+            target,
+            before_s,
+            after_s,
+            ctx.request_id,
+            prev,
+            hash
+        ],
+    )?;
     Ok(id)
 }
 
 /// Appends the audit entry and the event (with its webhook deliveries) of a change.
 pub(super) fn record_change(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     action: &str,
     target: &str,
@@ -138,22 +133,22 @@ pub(super) fn record_change(
     after: &Value,
 ) -> StoreResult<()> {
     let at = now();
-    let audit_id = audit_entry(conn, ctx, &at, action, target, before, after)?;
+    let audit_id = audit_entry(db, ctx, &at, action, target, before, after)?;
     let data = json!({ "before": before, "after": after, "audit_id": audit_id });
-    super::events::append(conn, ctx, &at, action, target, &data)?;
+    super::events::append(db, ctx, &at, action, target, &data)?;
     Ok(())
 }
 
 /// Appends an audit entry for an action that is not an event (delivery bookkeeping).
 pub(super) fn record_audit_only(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     action: &str,
     target: &str,
     before: &Value,
     after: &Value,
 ) -> StoreResult<()> {
-    audit_entry(conn, ctx, &now(), action, target, before, after).map(|_| ())
+    audit_entry(db, ctx, &now(), action, target, before, after).map(|_| ())
 }
 
 fn check_pre(pre: Precondition, current: Option<u64>, what: &str) -> StoreResult<()> {
@@ -210,10 +205,34 @@ fn validate_description(d: &str) -> StoreResult<()> {
             format!("descriptions are at most {MAX_DESCRIPTION} bytes"),
         ));
     }
+    if d.contains('\0') {
+        return Err(invalid(
+            "description",
+            "descriptions must not contain NUL characters",
+        ));
+    }
     Ok(())
 }
 
-fn validate_metadata(conn: &Connection, model: i64, number: u64, m: &VersionMetadata) -> StoreResult<()> {
+fn validate_comment(c: Option<&str>) -> StoreResult<()> {
+    if c.is_some_and(|c| c.contains('\0')) {
+        return Err(invalid("comment", "comments must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// Whether a string or object key anywhere in `v` contains NUL, which no database text (nor
+/// PostgreSQL's JSON functions) can hold.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn validate_metadata(db: &dyn Db, model: i64, number: u64, m: &VersionMetadata) -> StoreResult<()> {
     validate_description(&m.description)?;
     if m.model_card.as_ref().is_some_and(|c| c.len() > MAX_MODEL_CARD) {
         return Err(invalid("metadata.model_card", "model cards are at most 1 MiB"));
@@ -239,16 +258,22 @@ fn validate_metadata(conn: &Connection, model: i64, number: u64, m: &VersionMeta
                 format!("parent_version {p} must be an earlier version of this model (1..{number})"),
             ));
         }
-        let exists: Option<i64> = conn
-            .prepare_cached("SELECT 1 FROM versions WHERE model_id = ?1 AND number = ?2")?
-            .query_row(params![model, to_i64(p)], |r| r.get(0))
-            .optional()?;
+        let exists = db.query_opt(
+            "SELECT 1 FROM versions WHERE model_id = ?1 AND number = ?2",
+            crate::params![model, to_i64(p)],
+        )?;
         if exists.is_none() {
             return Err(invalid(
                 "metadata.lineage.parent_version",
                 format!("parent version {p} does not exist"),
             ));
         }
+    }
+    if contains_nul(&serde_json::to_value(m)?) {
+        return Err(invalid(
+            "metadata",
+            "version metadata must not contain NUL characters",
+        ));
     }
     if serde_json::to_vec(m)?.len() > MAX_METADATA_JSON {
         return Err(StoreError {
@@ -264,46 +289,44 @@ fn model_json(m: &Model) -> Value {
     json!({ "description": m.description, "tags": m.tags, "revision": m.revision })
 }
 
-pub(super) fn create_model(conn: &Connection, ctx: &Ctx, req: &CreateModel) -> StoreResult<Model> {
+pub(super) fn create_model(db: &dyn Db, ctx: &Ctx, req: &CreateModel) -> StoreResult<Model> {
     let name = ModelName::parse(&req.name)?;
     validate_description(&req.description)?;
     validate_tags(&req.tags)?;
     let at = now();
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO models (namespace, name, description, tags, created_by, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
+    let inserted = db.query_value::<i64>(
+        "INSERT INTO models (namespace, name, description, tags, created_by, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING RETURNING id",
+        crate::params![
             name.namespace(),
             name.model(),
             req.description,
             serde_json::to_string(&req.tags)?,
             ctx.actor,
             at
-        ])?;
-    if inserted == 0 {
+        ],
+    )?;
+    let Some(id) = inserted else {
         return Err(StoreError {
             code: ErrorCode::AlreadyExists,
             message: format!("model {name} already exists"),
             field: Some("name".into()),
         });
-    }
-    let id = conn.last_insert_rowid();
-    let m = query::load_model(conn, id)?;
-    record_change(conn, ctx, "model.create", &m.name, &Value::Null, &model_json(&m))?;
+    };
+    let m = query::load_model(db, id)?;
+    record_change(db, ctx, "model.create", &m.name, &Value::Null, &model_json(&m))?;
     Ok(m)
 }
 
 pub(super) fn update_model(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     req: &UpdateModel,
     pre: Precondition,
 ) -> StoreResult<Model> {
-    let id = model_id(conn, name)?;
-    let before = query::load_model(conn, id)?;
+    let id = model_id(db, name)?;
+    let before = query::load_model(db, id)?;
     check_pre(pre, Some(before.revision), &format!("model {name}"))?;
     let description = req
         .description
@@ -312,13 +335,13 @@ pub(super) fn update_model(
     validate_description(&description)?;
     let mut tags = before.tags.clone();
     apply_tag_changes(&mut tags, &req.set_tags, &req.remove_tags)?;
-    conn.prepare_cached(
+    db.execute(
         "UPDATE models SET description = ?2, tags = ?3, updated_at = ?4, revision = revision + 1 WHERE id = ?1",
-    )?
-    .execute(params![id, description, serde_json::to_string(&tags)?, now()])?;
-    let after = query::load_model(conn, id)?;
+        crate::params![id, description, serde_json::to_string(&tags)?, now()],
+    )?;
+    let after = query::load_model(db, id)?;
     record_change(
-        conn,
+        db,
         ctx,
         "model.update",
         &after.name,
@@ -328,21 +351,15 @@ pub(super) fn update_model(
     Ok(after)
 }
 
-pub(super) fn delete_model(
-    conn: &Connection,
-    ctx: &Ctx,
-    name: &ModelName,
-    pre: Precondition,
-) -> StoreResult<()> {
-    let id = model_id(conn, name)?;
-    let before = query::load_model(conn, id)?;
+pub(super) fn delete_model(db: &dyn Db, ctx: &Ctx, name: &ModelName, pre: Precondition) -> StoreResult<()> {
+    let id = model_id(db, name)?;
+    let before = query::load_model(db, id)?;
     check_pre(pre, Some(before.revision), &format!("model {name}"))?;
-    let live: Vec<(i64, String)> = conn
-        .prepare_cached(
-            "SELECT number, stage FROM versions WHERE model_id = ?1 AND stage IN ('staging', 'production') ORDER BY number",
-        )?
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let live = db.query_map(
+        "SELECT number, stage FROM versions WHERE model_id = ?1 AND stage IN ('staging', 'production') ORDER BY number",
+        crate::params![id],
+        |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)),
+    )?;
     if !live.is_empty() {
         let list: Vec<String> = live.iter().map(|(n, s)| format!("{n} ({s})")).collect();
         return Err(conflict(format!(
@@ -350,10 +367,9 @@ pub(super) fn delete_model(
             list.join(", ")
         )));
     }
-    conn.prepare_cached("DELETE FROM models WHERE id = ?1")?
-        .execute([id])?;
+    db.execute("DELETE FROM models WHERE id = ?1", crate::params![id])?;
     record_change(
-        conn,
+        db,
         ctx,
         "model.delete",
         &before.name,
@@ -369,13 +385,12 @@ struct VersionRow {
     revision: u64,
 }
 
-fn version_row(conn: &Connection, id: i64, name: &ModelName, number: u64) -> StoreResult<VersionRow> {
-    let row: Option<(bool, String, i64)> = conn
-        .prepare_cached("SELECT sealed, stage, revision FROM versions WHERE model_id = ?1 AND number = ?2")?
-        .query_row(params![id, to_i64(number)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+fn version_row(db: &dyn Db, id: i64, name: &ModelName, number: u64) -> StoreResult<VersionRow> {
+    let row = db.query_row_opt(
+        "SELECT sealed, stage, revision FROM versions WHERE model_id = ?1 AND number = ?2",
+        crate::params![id, to_i64(number)],
+        |r| Ok((r.get::<bool>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+    )?;
     let (sealed, stage, revision) =
         row.ok_or_else(|| StoreError::not_found(format!("version {number} of {name}")))?;
     Ok(VersionRow {
@@ -386,36 +401,37 @@ fn version_row(conn: &Connection, id: i64, name: &ModelName, number: u64) -> Sto
 }
 
 pub(super) fn create_version(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     req: &CreateVersion,
 ) -> StoreResult<Version> {
-    let id = model_id(conn, name)?;
-    let number: i64 = conn
-        .prepare_cached(
+    let id = model_id(db, name)?;
+    let number = db
+        .query_one(
             "UPDATE models SET latest_version = latest_version + 1 WHERE id = ?1 RETURNING latest_version",
+            crate::params![id],
         )?
-        .query_row([id], |r| r.get(0))?;
+        .get::<i64>(0)?;
     let number = to_u64(number);
-    validate_metadata(conn, id, number, &req.metadata)?;
+    validate_metadata(db, id, number, &req.metadata)?;
     validate_tags(&req.tags)?;
     let at = now();
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO versions (model_id, number, metadata, tags, created_by, created_at, stage_changed_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-    )?
-    .execute(params![
-        id,
-        to_i64(number),
-        serde_json::to_string(&req.metadata)?,
-        serde_json::to_string(&req.tags)?,
-        ctx.actor,
-        at
-    ])?;
-    let v = query::load_version(conn, id, name, number)?;
+        crate::params![
+            id,
+            to_i64(number),
+            serde_json::to_string(&req.metadata)?,
+            serde_json::to_string(&req.tags)?,
+            ctx.actor,
+            at
+        ],
+    )?;
+    let v = query::load_version(db, id, name, number)?;
     record_change(
-        conn,
+        db,
         ctx,
         "version.create",
         &format!("{name}/{number}"),
@@ -426,17 +442,17 @@ pub(super) fn create_version(
 }
 
 pub(super) fn update_version(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
     req: &UpdateVersion,
     pre: Precondition,
 ) -> StoreResult<Version> {
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     check_pre(pre, Some(row.revision), &format!("version {number} of {name}"))?;
-    let before = query::load_version(conn, id, name, number)?;
+    let before = query::load_version(db, id, name, number)?;
     let mut metadata = before.metadata.clone();
     if let Some(m) = &req.metadata {
         if row.sealed {
@@ -444,18 +460,18 @@ pub(super) fn update_version(
                 "version {number} of {name} is sealed: its metadata is immutable; create a new version instead"
             )));
         }
-        validate_metadata(conn, id, number, m)?;
+        validate_metadata(db, id, number, m)?;
         metadata = m.clone();
     }
     let mut tags = before.tags.clone();
     apply_tag_changes(&mut tags, &req.set_tags, &req.remove_tags)?;
-    conn.prepare_cached(
+    db.execute(
         "UPDATE versions SET metadata = ?3, tags = ?4, revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
-    )?
-    .execute(params![id, to_i64(number), serde_json::to_string(&metadata)?, serde_json::to_string(&tags)?])?;
-    let after = query::load_version(conn, id, name, number)?;
+        crate::params![id, to_i64(number), serde_json::to_string(&metadata)?, serde_json::to_string(&tags)?],
+    )?;
+    let after = query::load_version(db, id, name, number)?;
     record_change(
-        conn,
+        db,
         ctx,
         "version.update",
         &format!("{name}/{number}"),
@@ -475,7 +491,7 @@ fn require_draft(row: &VersionRow, name: &ModelName, number: u64) -> StoreResult
 }
 
 pub(super) fn put_file(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
@@ -493,28 +509,29 @@ pub(super) fn put_file(
             "media types are at most 255 printable characters",
         ));
     }
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     require_draft(&row, name, number)?;
-    let previous: Option<(String, i64)> = conn
-        .prepare_cached("SELECT sha256, size FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3")?
-        .query_row(params![id, to_i64(number), file.path], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    conn.prepare_cached(
+    let previous = db.query_row_opt(
+        "SELECT sha256, size FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3",
+        crate::params![id, to_i64(number), file.path],
+        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+    )?;
+    db.execute(
         "INSERT INTO files (model_id, number, path, sha256, size, media_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (model_id, number, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, media_type = excluded.media_type",
-    )?
-    .execute(params![id, to_i64(number), file.path, digest.to_hex(), to_i64(file.size), file.media_type])?;
-    conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
-        .execute(params![id, to_i64(number)])?;
+        crate::params![id, to_i64(number), file.path, digest.to_hex(), to_i64(file.size), file.media_type],
+    )?;
+    db.execute(
+        "UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
+        crate::params![id, to_i64(number)],
+    )?;
     let entry = FileEntry {
         sha256: digest.to_hex(),
         ..file
     };
     record_change(
-        conn,
+        db,
         ctx,
         "version.file_put",
         &format!("{name}/{number}"),
@@ -528,28 +545,29 @@ pub(super) fn put_file(
 }
 
 pub(super) fn delete_file(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
     path: &str,
 ) -> StoreResult<()> {
     validate_artifact_path(path)?;
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     require_draft(&row, name, number)?;
-    let removed: Option<(String, i64)> = conn
-        .prepare_cached(
-            "DELETE FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3 RETURNING sha256, size",
-        )?
-        .query_row(params![id, to_i64(number), path], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let removed = db.query_row_opt(
+        "DELETE FROM files WHERE model_id = ?1 AND number = ?2 AND path = ?3 RETURNING sha256, size",
+        crate::params![id, to_i64(number), path],
+        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+    )?;
     let (sha, size) = removed
         .ok_or_else(|| StoreError::not_found(format!("file {path:?} of version {number} of {name}")))?;
-    conn.prepare_cached("UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2")?
-        .execute(params![id, to_i64(number)])?;
+    db.execute(
+        "UPDATE versions SET revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
+        crate::params![id, to_i64(number)],
+    )?;
     record_change(
-        conn,
+        db,
         ctx,
         "version.file_delete",
         &format!("{name}/{number}"),
@@ -559,16 +577,16 @@ pub(super) fn delete_file(
 }
 
 pub(super) fn seal_version(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
     expected: Option<Sha256Digest>,
 ) -> StoreResult<Version> {
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     require_draft(&row, name, number)?;
-    let files = query::load_files(conn, id, number)?;
+    let files = query::load_files(db, id, number)?;
     if files.is_empty() {
         return Err(conflict(format!(
             "version {number} of {name} has no files: upload at least one before sealing"
@@ -598,13 +616,13 @@ pub(super) fn seal_version(
             });
         }
     }
-    conn.prepare_cached(
+    db.execute(
         "UPDATE versions SET sealed = 1, digest = ?3, sealed_at = ?4, revision = revision + 1 WHERE model_id = ?1 AND number = ?2",
-    )?
-    .execute(params![id, to_i64(number), digest.to_hex(), now()])?;
-    let v = query::load_version(conn, id, name, number)?;
+        crate::params![id, to_i64(number), digest.to_hex(), now()],
+    )?;
+    let v = query::load_version(db, id, name, number)?;
     record_change(
-        conn,
+        db,
         ctx,
         "version.seal",
         &format!("{name}/{number}"),
@@ -616,7 +634,7 @@ pub(super) fn seal_version(
 
 #[allow(clippy::too_many_arguments)]
 fn move_stage(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     id: i64,
     name: &ModelName,
@@ -628,19 +646,29 @@ fn move_stage(
     comment: Option<&str>,
 ) -> StoreResult<()> {
     let at = now();
-    conn.prepare_cached(
+    db.execute(
         "UPDATE versions SET stage = ?3, stage_changed_at = ?4, revision = revision + 1,
-                ever_production = ever_production OR ?3 = 'production'
+                ever_production = CASE WHEN CAST(?5 AS BIGINT) = 1 THEN 1 ELSE ever_production END
          WHERE model_id = ?1 AND number = ?2",
-    )?
-    .execute(params![id, to_i64(number), to.as_str(), at])?;
-    conn.prepare_cached(
+        crate::params![id, to_i64(number), to.as_str(), at, to == Stage::Production],
+    )?;
+    db.execute(
         "INSERT INTO stage_history (model_id, number, from_stage, to_stage, kind, replaced, actor, comment, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![id, to_i64(number), from.as_str(), to.as_str(), kind, replaced.map(to_i64), ctx.actor, comment, at])?;
+        crate::params![
+            id,
+            to_i64(number),
+            from.as_str(),
+            to.as_str(),
+            kind,
+            replaced.map(to_i64),
+            ctx.actor,
+            comment,
+            at
+        ],
+    )?;
     record_change(
-        conn,
+        db,
         ctx,
         &format!("version.{kind}"),
         &format!("{name}/{number}"),
@@ -649,12 +677,12 @@ fn move_stage(
     )
 }
 
-fn production_of(conn: &Connection, id: i64) -> StoreResult<Option<u64>> {
-    query::newest_in_stage(conn, id, Stage::Production)
+fn production_of(db: &dyn Db, id: i64) -> StoreResult<Option<u64>> {
+    query::newest_in_stage(db, id, Stage::Production)
 }
 
 pub(super) fn set_stage(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     number: u64,
@@ -662,15 +690,16 @@ pub(super) fn set_stage(
     comment: Option<&str>,
     pre: Precondition,
 ) -> StoreResult<StageChange> {
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    validate_comment(comment)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     check_pre(pre, Some(row.revision), &format!("version {number} of {name}"))?;
     row.stage.check_move(to, row.sealed)?;
     let mut demoted = None;
     if to == Stage::Production {
-        if let Some(prev) = production_of(conn, id)? {
+        if let Some(prev) = production_of(db, id)? {
             move_stage(
-                conn,
+                db,
                 ctx,
                 id,
                 name,
@@ -685,43 +714,42 @@ pub(super) fn set_stage(
         }
     }
     move_stage(
-        conn, ctx, id, name, number, row.stage, to, "stage", demoted, comment,
+        db, ctx, id, name, number, row.stage, to, "stage", demoted, comment,
     )?;
     Ok(StageChange {
-        version: query::load_version(conn, id, name, number)?,
+        version: query::load_version(db, id, name, number)?,
         demoted,
     })
 }
 
 pub(super) fn rollback(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     comment: Option<&str>,
 ) -> StoreResult<StageChange> {
-    let id = model_id(conn, name)?;
-    let current = production_of(conn, id)?
+    validate_comment(comment)?;
+    let id = model_id(db, name)?;
+    let current = production_of(db, id)?
         .ok_or_else(|| conflict(format!("{name} has no version in production to roll back")))?;
-    let replaced: Option<Option<i64>> = conn
-        .prepare_cached(
-            "SELECT replaced FROM stage_history WHERE model_id = ?1 AND number = ?2 AND to_stage = 'production'
-             ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row(params![id, to_i64(current)], |r| r.get(0))
-        .optional()?;
+    let replaced = db.query_value::<Option<i64>>(
+        "SELECT replaced FROM stage_history WHERE model_id = ?1 AND number = ?2 AND to_stage = 'production'
+         ORDER BY id DESC LIMIT 1",
+        crate::params![id, to_i64(current)],
+    )?;
     let previous = replaced.flatten().map(to_u64).ok_or_else(|| {
         conflict(format!(
             "version {current} of {name} did not replace another production version, so there is nothing to roll back to"
         ))
     })?;
-    let prev_row = version_row(conn, id, name, previous)?;
+    let prev_row = version_row(db, id, name, previous)?;
     if !prev_row.sealed {
         return Err(StoreError::internal(format!(
             "version {previous} of {name} is not sealed"
         )));
     }
     move_stage(
-        conn,
+        db,
         ctx,
         id,
         name,
@@ -733,7 +761,7 @@ pub(super) fn rollback(
         comment,
     )?;
     move_stage(
-        conn,
+        db,
         ctx,
         id,
         name,
@@ -745,13 +773,13 @@ pub(super) fn rollback(
         comment,
     )?;
     Ok(StageChange {
-        version: query::load_version(conn, id, name, previous)?,
+        version: query::load_version(db, id, name, previous)?,
         demoted: Some(current),
     })
 }
 
 pub(super) fn set_alias(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     alias: &str,
@@ -759,28 +787,28 @@ pub(super) fn set_alias(
     pre: Precondition,
 ) -> StoreResult<Alias> {
     validate_alias(alias)?;
-    let id = model_id(conn, name)?;
-    let row = version_row(conn, id, name, number)?;
+    let id = model_id(db, name)?;
+    let row = version_row(db, id, name, number)?;
     if !row.sealed {
         return Err(conflict(format!(
             "version {number} of {name} is a draft: seal it before pointing an alias at it"
         )));
     }
-    let before = query::load_alias(conn, id, name, alias).ok();
+    let before = query::load_alias(db, id, name, alias).ok();
     check_pre(
         pre,
         before.as_ref().map(|a| a.revision),
         &format!("alias {alias:?} of {name}"),
     )?;
-    conn.prepare_cached(
+    db.execute(
         "INSERT INTO aliases (model_id, alias, number, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (model_id, alias) DO UPDATE SET number = excluded.number, updated_at = excluded.updated_at,
             revision = aliases.revision + 1",
-    )?
-    .execute(params![id, alias, to_i64(number), now()])?;
-    let after = query::load_alias(conn, id, name, alias)?;
+        crate::params![id, alias, to_i64(number), now()],
+    )?;
+    let after = query::load_alias(db, id, name, alias)?;
     record_change(
-        conn,
+        db,
         ctx,
         "alias.set",
         &format!("{name}@{alias}"),
@@ -794,20 +822,22 @@ pub(super) fn set_alias(
 }
 
 pub(super) fn delete_alias(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     name: &ModelName,
     alias: &str,
     pre: Precondition,
 ) -> StoreResult<()> {
     validate_alias(alias)?;
-    let id = model_id(conn, name)?;
-    let before = query::load_alias(conn, id, name, alias)?;
+    let id = model_id(db, name)?;
+    let before = query::load_alias(db, id, name, alias)?;
     check_pre(pre, Some(before.revision), &format!("alias {alias:?} of {name}"))?;
-    conn.prepare_cached("DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2")?
-        .execute(params![id, alias])?;
+    db.execute(
+        "DELETE FROM aliases WHERE model_id = ?1 AND alias = ?2",
+        crate::params![id, alias],
+    )?;
     record_change(
-        conn,
+        db,
         ctx,
         "alias.delete",
         &format!("{name}@{alias}"),

@@ -1,5 +1,6 @@
-//! [`RetentionStore`] for SQLite: retention policies, the retention plan, version removal (shared
-//! with the MLflow API's version deletion) and blob reference checks.
+//! [`RetentionStore`] on the SQL store (SQLite or PostgreSQL): retention policies, the retention
+//! plan, version removal (shared with the MLflow API's version deletion) and blob reference
+//! checks.
 //!
 //! The plan of a model is computed from one read of its versions, aliases, stage history,
 //! deployments, pending transition requests and the versions of other models that name one of
@@ -14,12 +15,12 @@ use ballast_api::retention::{
 };
 use ballast_api::{Version, VersionMetadata};
 use ballast_core::{validate_namespace, ErrorCode, ModelName, Sha256Digest, Stage};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::ops::{record_audit_only, record_change};
 use super::query::{self, format_time, now, to_i64, to_u64};
-use super::SqliteStore;
+use super::SqlStore;
+use crate::db::Db;
 use crate::retention::{GcScope, ModelPlan, RetentionStore, RetentionTarget};
 use crate::{Ctx, StoreError, StoreResult};
 
@@ -51,15 +52,17 @@ fn validate_policy(p: &RetentionPolicy) -> StoreResult<()> {
 /// `version.deleted` event. `reason` says why garbage collection removed it; the MLflow API's
 /// deletion gives none. Callers check first that the version may go.
 pub(super) fn delete_version(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     model_id: i64,
     name: &ModelName,
     v: &Version,
     reason: Option<&str>,
 ) -> StoreResult<()> {
-    conn.prepare_cached("DELETE FROM versions WHERE model_id = ?1 AND number = ?2")?
-        .execute(params![model_id, to_i64(v.version)])?;
+    db.execute(
+        "DELETE FROM versions WHERE model_id = ?1 AND number = ?2",
+        crate::params![model_id, to_i64(v.version)],
+    )?;
     let mut before =
         json!({ "stage": v.stage, "digest": v.digest, "aliases": v.aliases, "files": v.files.len() });
     if let Some(reason) = reason {
@@ -67,7 +70,7 @@ pub(super) fn delete_version(
         before["reason"] = json!(reason);
     }
     record_change(
-        conn,
+        db,
         ctx,
         "version.delete",
         &format!("{name}/{}", v.version),
@@ -77,13 +80,13 @@ pub(super) fn delete_version(
 }
 
 /// `(namespace, model_id or 0)` of a target; `not_found` when the model does not exist.
-fn target_key(conn: &Connection, target: &RetentionTarget) -> StoreResult<(String, i64)> {
+fn target_key(db: &dyn Db, target: &RetentionTarget) -> StoreResult<(String, i64)> {
     match target {
         RetentionTarget::Namespace(ns) => {
             validate_namespace(ns)?;
             Ok((ns.clone(), 0))
         }
-        RetentionTarget::Model(m) => Ok((m.namespace().to_owned(), query::model_id(conn, m)?)),
+        RetentionTarget::Model(m) => Ok((m.namespace().to_owned(), query::model_id(db, m)?)),
     }
 }
 
@@ -94,28 +97,27 @@ fn target_subject(target: &RetentionTarget) -> String {
     }
 }
 
-fn load_rule(conn: &Connection, ns: &str, model_id: i64) -> StoreResult<Option<RetentionRule>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT body, revision, updated_by, updated_at FROM retention_policies
-             WHERE namespace = ?1 AND coalesce(model_id, 0) = ?2",
-        )?
-        .query_row(params![ns, model_id], |r| {
+fn load_rule(db: &dyn Db, ns: &str, model_id: i64) -> StoreResult<Option<RetentionRule>> {
+    let row = db.query_row_opt(
+        "SELECT body, revision, updated_by, updated_at FROM retention_policies
+         WHERE namespace = ?1 AND coalesce(model_id, 0) = ?2",
+        crate::params![ns, model_id],
+        |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                r.get::<String>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
             ))
-        })
-        .optional()?;
+        },
+    )?;
     let Some((body, revision, updated_by, updated_at)) = row else {
         return Ok(None);
     };
     let model = if model_id == 0 {
         None
     } else {
-        Some(model_name_of(conn, model_id)?.to_string())
+        Some(model_name_of(db, model_id)?.to_string())
     };
     Ok(Some(RetentionRule {
         namespace: ns.to_owned(),
@@ -127,10 +129,14 @@ fn load_rule(conn: &Connection, ns: &str, model_id: i64) -> StoreResult<Option<R
     }))
 }
 
-fn model_name_of(conn: &Connection, id: i64) -> StoreResult<ModelName> {
-    let (ns, m): (String, String) = conn
-        .prepare_cached("SELECT namespace, name FROM models WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+fn model_name_of(db: &dyn Db, id: i64) -> StoreResult<ModelName> {
+    let (ns, m) = db
+        .query_row_opt(
+            "SELECT namespace, name FROM models WHERE id = ?1",
+            crate::params![id],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        )?
+        .ok_or_else(|| StoreError::internal(format!("model {id} vanished")))?;
     Ok(ModelName::new(&ns, &m)?)
 }
 
@@ -139,34 +145,32 @@ fn no_policy(target: &RetentionTarget) -> StoreError {
 }
 
 fn set_retention(
-    conn: &Connection,
+    db: &dyn Db,
     ctx: &Ctx,
     target: &RetentionTarget,
     policy: RetentionPolicy,
 ) -> StoreResult<RetentionRule> {
     validate_policy(&policy)?;
-    let (ns, model_id) = target_key(conn, target)?;
-    let before = load_rule(conn, &ns, model_id)?;
+    let (ns, model_id) = target_key(db, target)?;
+    let before = load_rule(db, &ns, model_id)?;
     let body = serde_json::to_string(&policy)?;
     let at = now();
     match &before {
-        Some(_) => conn
-            .prepare_cached(
-                "UPDATE retention_policies SET body = ?3, revision = revision + 1, updated_by = ?4, updated_at = ?5
-                 WHERE namespace = ?1 AND coalesce(model_id, 0) = ?2",
-            )?
-            .execute(params![ns, model_id, body, ctx.actor, at])?,
-        None => conn
-            .prepare_cached(
-                "INSERT INTO retention_policies (namespace, model_id, body, updated_by, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![ns, (model_id != 0).then_some(model_id), body, ctx.actor, at])?,
+        Some(_) => db.execute(
+            "UPDATE retention_policies SET body = ?3, revision = revision + 1, updated_by = ?4, updated_at = ?5
+             WHERE namespace = ?1 AND coalesce(model_id, 0) = ?2",
+            crate::params![ns, model_id, body, ctx.actor, at],
+        )?,
+        None => db.execute(
+            "INSERT INTO retention_policies (namespace, model_id, body, updated_by, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            crate::params![ns, (model_id != 0).then_some(model_id), body, ctx.actor, at],
+        )?,
     };
-    let rule = load_rule(conn, &ns, model_id)?
+    let rule = load_rule(db, &ns, model_id)?
         .ok_or_else(|| StoreError::internal("the retention policy vanished while being written"))?;
     record_change(
-        conn,
+        db,
         ctx,
         "retention.set",
         &target_subject(target),
@@ -176,15 +180,15 @@ fn set_retention(
     Ok(rule)
 }
 
-fn delete_retention(conn: &Connection, ctx: &Ctx, target: &RetentionTarget) -> StoreResult<()> {
-    let (ns, model_id) = target_key(conn, target)?;
-    let before = load_rule(conn, &ns, model_id)?.ok_or_else(|| no_policy(target))?;
-    conn.prepare_cached(
+fn delete_retention(db: &dyn Db, ctx: &Ctx, target: &RetentionTarget) -> StoreResult<()> {
+    let (ns, model_id) = target_key(db, target)?;
+    let before = load_rule(db, &ns, model_id)?.ok_or_else(|| no_policy(target))?;
+    db.execute(
         "DELETE FROM retention_policies WHERE namespace = ?1 AND coalesce(model_id, 0) = ?2",
-    )?
-    .execute(params![ns, model_id])?;
+        crate::params![ns, model_id],
+    )?;
     record_change(
-        conn,
+        db,
         ctx,
         "retention.delete",
         &target_subject(target),
@@ -194,14 +198,14 @@ fn delete_retention(conn: &Connection, ctx: &Ctx, target: &RetentionTarget) -> S
 }
 
 /// The policy that applies to a model, and whether it is the model's own.
-fn effective(conn: &Connection, model_id: i64, ns: &str) -> StoreResult<Option<(RetentionRule, bool)>> {
-    if let Some(rule) = load_rule(conn, ns, model_id)? {
+fn effective(db: &dyn Db, model_id: i64, ns: &str) -> StoreResult<Option<(RetentionRule, bool)>> {
+    if let Some(rule) = load_rule(db, ns, model_id)? {
         return Ok(Some((rule, true)));
     }
-    Ok(load_rule(conn, ns, 0)?.map(|r| (r, false)))
+    Ok(load_rule(db, ns, 0)?.map(|r| (r, false)))
 }
 
-fn retention_models(conn: &Connection, scope: &GcScope) -> StoreResult<Vec<ModelName>> {
+fn retention_models(db: &dyn Db, scope: &GcScope) -> StoreResult<Vec<ModelName>> {
     let (ns, name) = match scope {
         GcScope::All => (None, None),
         GcScope::Namespace(ns) => {
@@ -209,26 +213,22 @@ fn retention_models(conn: &Connection, scope: &GcScope) -> StoreResult<Vec<Model
             (Some(ns.clone()), None)
         }
         GcScope::Model(m) => {
-            query::model_id(conn, m)?;
+            query::model_id(db, m)?;
             (Some(m.namespace().to_owned()), Some(m.model().to_owned()))
         }
     };
-    let mut stmt = conn.prepare_cached(
+    let c = query::bytewise(db);
+    let sql = format!(
         "SELECT m.namespace, m.name FROM models m
-         WHERE (?1 IS NULL OR m.namespace = ?1) AND (?2 IS NULL OR m.name = ?2)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR m.namespace = ?1) AND (CAST(?2 AS TEXT) IS NULL OR m.name = ?2)
            AND EXISTS (SELECT 1 FROM retention_policies p
                        WHERE p.namespace = m.namespace AND (p.model_id IS NULL OR p.model_id = m.id))
-         ORDER BY m.namespace, m.name",
-    )?;
-    let rows = stmt.query_map(params![ns, name], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+         ORDER BY m.namespace{c}, m.name{c}"
+    );
+    let rows = db.query_map(&sql, crate::params![ns, name], |r| {
+        Ok((r.get::<String>(0)?, r.get::<String>(1)?))
     })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (ns, m) = row?;
-        out.push(ModelName::new(&ns, &m)?);
-    }
-    Ok(out)
+    rows.iter().map(|(ns, m)| Ok(ModelName::new(ns, m)?)).collect()
 }
 
 /// What the plan needs to know about one version.
@@ -253,27 +253,26 @@ fn parent_in(parent: &str, model: &ModelName) -> Option<u64> {
     rest.parse().ok().filter(|n| *n > 0)
 }
 
-fn load_candidates(conn: &Connection, id: i64, name: &ModelName) -> StoreResult<Vec<Candidate>> {
-    let mut stmt = conn.prepare_cached(
+fn load_candidates(db: &dyn Db, id: i64, name: &ModelName) -> StoreResult<Vec<Candidate>> {
+    let rows = db.query_map(
         "SELECT number, sealed, stage, metadata, created_at, sealed_at, stage_changed_at, ever_production
          FROM versions WHERE model_id = ?1 ORDER BY number DESC",
+        crate::params![id],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<bool>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<Option<String>>(5)?,
+                r.get::<String>(6)?,
+                r.get::<bool>(7)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map([id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, bool>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Option<String>>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, bool>(7)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (number, sealed, stage, metadata, created_at, sealed_at, stage_changed_at, ever_production) =
-            row?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (number, sealed, stage, metadata, created_at, sealed_at, stage_changed_at, ever_production) in rows {
         let metadata: VersionMetadata = serde_json::from_str(&metadata)?;
         let mut parents: Vec<u64> = metadata.lineage.parent_version.into_iter().collect();
         parents.extend(
@@ -303,39 +302,43 @@ fn load_candidates(conn: &Connection, id: i64, name: &ModelName) -> StoreResult<
 }
 
 /// `number → values` from a query returning `(number, value)` rows for one model.
-fn by_number(conn: &Connection, sql: &str, id: i64) -> StoreResult<BTreeMap<u64, Vec<String>>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+fn by_number(db: &dyn Db, sql: &str, id: i64) -> StoreResult<BTreeMap<u64, Vec<String>>> {
+    let rows = db.query_map(sql, crate::params![id], |r| {
+        Ok((r.get::<i64>(0)?, r.get::<String>(1)?))
+    })?;
     let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for row in rows {
-        let (n, v) = row?;
+    for (n, v) in rows {
         out.entry(to_u64(n)).or_default().push(v);
     }
     Ok(out)
 }
 
 /// Versions of other models naming a version of `name` as their `lineage.parent`.
-fn named_as_parent(conn: &Connection, name: &ModelName) -> StoreResult<BTreeMap<u64, Vec<String>>> {
+fn named_as_parent(db: &dyn Db, name: &ModelName) -> StoreResult<BTreeMap<u64, Vec<String>>> {
     // Every `ns/model/…` sorts after `ns/model/` and before `ns/model0` ('0' follows '/').
     let low = format!("{name}/");
     let high = format!("{name}0");
-    let mut stmt = conn.prepare_cached(
-        "SELECT json_extract(v.metadata, '$.lineage.parent'), m.namespace, m.name, v.number
+    // The expression of the `versions_by_lineage_parent` index, compared bytewise.
+    let parent = format!(
+        "{}{}",
+        query::json_text(db, "v.metadata", &["lineage", "parent"]),
+        query::bytewise(db)
+    );
+    let sql = format!(
+        "SELECT {parent}, m.namespace, m.name, v.number
          FROM versions v JOIN models m ON m.id = v.model_id
-         WHERE json_extract(v.metadata, '$.lineage.parent') > ?1
-           AND json_extract(v.metadata, '$.lineage.parent') < ?2",
-    )?;
-    let rows = stmt.query_map(params![low, high], |r| {
+         WHERE {parent} > ?1 AND {parent} < ?2"
+    );
+    let rows = db.query_map(&sql, crate::params![low, high], |r| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<String>(2)?,
+            r.get::<i64>(3)?,
         ))
     })?;
     let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for row in rows {
-        let (parent, ns, m, n) = row?;
+    for (parent, ns, m, n) in rows {
         // Within the model, a child protects its parent only while the child is kept (the plan
         // follows `parents`); a version of another model protects it while it exists.
         if ns == name.namespace() && m == name.model() {
@@ -357,14 +360,14 @@ fn plural(n: u32, one: &str, many: &str) -> String {
 }
 
 /// Decides which versions of a model may go at `now_ms`.
-fn plan(conn: &Connection, name: &ModelName, now_ms: i64, explain: bool) -> StoreResult<ModelPlan> {
-    let id = query::model_id(conn, name)?;
+fn plan(db: &dyn Db, name: &ModelName, now_ms: i64, explain: bool) -> StoreResult<ModelPlan> {
+    let id = query::model_id(db, name)?;
     let mut out = ModelPlan {
         model: name.to_string(),
         ..ModelPlan::default()
     };
-    let versions = load_candidates(conn, id, name)?;
-    let policy = match effective(conn, id, name.namespace())? {
+    let versions = load_candidates(db, id, name)?;
+    let policy = match effective(db, id, name.namespace())? {
         Some((rule, _)) if rule.policy.enabled => rule.policy,
         found => {
             if explain {
@@ -385,27 +388,29 @@ fn plan(conn: &Connection, name: &ModelName, now_ms: i64, explain: bool) -> Stor
             return Ok(out);
         }
     };
+    let c = query::bytewise(db);
     let aliases = by_number(
-        conn,
-        "SELECT number, alias FROM aliases WHERE model_id = ?1 ORDER BY alias",
+        db,
+        &format!("SELECT number, alias FROM aliases WHERE model_id = ?1 ORDER BY alias{c}"),
         id,
     )?;
     let was_production = by_number(
-        conn,
-        "SELECT DISTINCT number, 'production' FROM stage_history WHERE model_id = ?1 AND to_stage = 'production'",
+        db,
+        "SELECT DISTINCT number, CAST('production' AS TEXT) FROM stage_history
+         WHERE model_id = ?1 AND to_stage = 'production'",
         id,
     )?;
     let deployed = by_number(
-        conn,
-        "SELECT number, region FROM deployments WHERE model_id = ?1 ORDER BY region",
+        db,
+        &format!("SELECT number, region FROM deployments WHERE model_id = ?1 ORDER BY region{c}"),
         id,
     )?;
     let pending = by_number(
-        conn,
-        "SELECT number, to_stage FROM transition_requests WHERE model_id = ?1 AND state = 'pending'",
+        db,
+        "SELECT number, to_stage FROM transition_requests WHERE model_id = ?1 AND state = 'pending' ORDER BY id",
         id,
     )?;
-    let children = named_as_parent(conn, name)?;
+    let children = named_as_parent(db, name)?;
     let now = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let young_since = format_time(now - time::Duration::days(i64::from(policy.keep_days)));
@@ -501,15 +506,14 @@ fn plan(conn: &Connection, name: &ModelName, now_ms: i64, explain: bool) -> Stor
     }
     out.remove.reverse();
     out.kept.reverse();
-    let mut files =
-        conn.prepare_cached("SELECT sha256, size FROM files WHERE model_id = ?1 AND number = ?2")?;
     let mut blobs: BTreeMap<Sha256Digest, u64> = BTreeMap::new();
     for v in &mut out.remove {
-        let rows = files.query_map(params![id, to_i64(v.version)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for row in rows {
-            let (d, size) = row?;
+        let rows = db.query_map(
+            "SELECT sha256, size FROM files WHERE model_id = ?1 AND number = ?2",
+            crate::params![id, to_i64(v.version)],
+            |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+        )?;
+        for (d, size) in rows {
             v.size += to_u64(size);
             if let Ok(d) = d.parse::<Sha256Digest>() {
                 blobs.insert(d, to_u64(size));
@@ -520,21 +524,21 @@ fn plan(conn: &Connection, name: &ModelName, now_ms: i64, explain: bool) -> Stor
     Ok(out)
 }
 
-fn apply(conn: &Connection, ctx: &Ctx, name: &ModelName, now_ms: i64) -> StoreResult<ModelPlan> {
-    let mut planned = plan(conn, name, now_ms, false)?;
-    let id = query::model_id(conn, name)?;
+fn apply(db: &dyn Db, ctx: &Ctx, name: &ModelName, now_ms: i64) -> StoreResult<ModelPlan> {
+    let mut planned = plan(db, name, now_ms, false)?;
+    let id = query::model_id(db, name)?;
     let mut removed = Vec::with_capacity(planned.remove.len());
     for v in planned.remove {
-        conn.execute_batch("SAVEPOINT retention_version")?;
-        let outcome = query::load_version(conn, id, name, v.version)
-            .and_then(|full| delete_version(conn, ctx, id, name, &full, Some(&v.reason)));
+        db.batch("SAVEPOINT retention_version")?;
+        let outcome = query::load_version(db, id, name, v.version)
+            .and_then(|full| delete_version(db, ctx, id, name, &full, Some(&v.reason)));
         match outcome {
             Ok(()) => {
-                conn.execute_batch("RELEASE retention_version")?;
+                db.batch("RELEASE retention_version")?;
                 removed.push(v);
             }
             Err(e) => {
-                conn.execute_batch("ROLLBACK TO retention_version; RELEASE retention_version")?;
+                db.batch("ROLLBACK TO retention_version; RELEASE retention_version")?;
                 tracing::warn!(model = %name, version = v.version, error = %e, "garbage collection could not remove a version; it stays");
             }
         }
@@ -546,13 +550,13 @@ fn apply(conn: &Connection, ctx: &Ctx, name: &ModelName, now_ms: i64) -> StoreRe
 }
 
 fn unreferenced(
-    conn: &Connection,
+    db: &dyn Db,
     digests: &[Sha256Digest],
     ignoring: &[(ModelName, u64)],
 ) -> StoreResult<Vec<Sha256Digest>> {
     let mut ignored: HashSet<(i64, u64)> = HashSet::new();
     for (m, n) in ignoring {
-        match query::model_id(conn, m) {
+        match query::model_id(db, m) {
             Ok(id) => {
                 ignored.insert((id, *n));
             }
@@ -560,33 +564,30 @@ fn unreferenced(
             Err(e) => return Err(e),
         }
     }
-    let mut artifacts: HashSet<String> = HashSet::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT json_extract(body, '$.sha256') FROM mlflow_objects
-             WHERE kind = 'artifact' AND json_extract(body, '$.sha256') IS NOT NULL",
-        )?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        for row in rows {
-            artifacts.insert(row?);
-        }
-    }
-    let mut users = conn.prepare_cached("SELECT model_id, number FROM files WHERE sha256 = ?1")?;
+    let sha256 = query::json_text(db, "body", &["sha256"]);
+    let artifacts: HashSet<String> = db
+        .query_map(
+            &format!("SELECT {sha256} FROM mlflow_objects WHERE kind = 'artifact' AND {sha256} IS NOT NULL"),
+            crate::params![],
+            |r| r.get::<String>(0),
+        )?
+        .into_iter()
+        .collect();
     let mut out = Vec::new();
     for d in digests {
         let hex = d.to_hex();
         if artifacts.contains(&hex) {
             continue;
         }
-        let rows = users.query_map([&hex], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut used = false;
-        for row in rows {
-            let (id, n) = row?;
-            if !ignored.contains(&(id, to_u64(n))) {
-                used = true;
-                break;
-            }
-        }
+        // More versions than are left aside means at least one other uses the blob.
+        let users = db.query_map(
+            "SELECT DISTINCT model_id, number FROM files WHERE sha256 = ?1 LIMIT ?2",
+            crate::params![hex, ignored.len() + 1],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+        )?;
+        let used = users
+            .into_iter()
+            .any(|(id, n)| !ignored.contains(&(id, to_u64(n))));
         if !used {
             out.push(*d);
         }
@@ -595,7 +596,7 @@ fn unreferenced(
 }
 
 #[async_trait]
-impl RetentionStore for SqliteStore {
+impl RetentionStore for SqlStore {
     async fn set_retention(
         &self,
         ctx: &Ctx,
@@ -603,47 +604,45 @@ impl RetentionStore for SqliteStore {
         policy: RetentionPolicy,
     ) -> StoreResult<RetentionRule> {
         let (c, target) = (ctx.clone(), target.clone());
-        self.write(ctx, move |conn| set_retention(conn, &c, &target, policy))
+        self.write(ctx, move |db| set_retention(db, &c, &target, policy))
             .await
     }
 
     async fn get_retention(&self, target: &RetentionTarget) -> StoreResult<RetentionRule> {
         let target = target.clone();
-        self.read(move |conn| {
-            let (ns, id) = target_key(conn, &target)?;
-            load_rule(conn, &ns, id)?.ok_or_else(|| no_policy(&target))
+        self.read(move |db| {
+            let (ns, id) = target_key(db, &target)?;
+            load_rule(db, &ns, id)?.ok_or_else(|| no_policy(&target))
         })
         .await
     }
 
     async fn delete_retention(&self, ctx: &Ctx, target: &RetentionTarget) -> StoreResult<()> {
         let (c, target) = (ctx.clone(), target.clone());
-        self.write(ctx, move |conn| delete_retention(conn, &c, &target))
-            .await
+        self.write(ctx, move |db| delete_retention(db, &c, &target)).await
     }
 
     async fn effective_retention(&self, model: &ModelName) -> StoreResult<Option<(RetentionRule, bool)>> {
         let model = model.clone();
-        self.read(move |conn| {
-            let id = query::model_id(conn, &model)?;
-            effective(conn, id, model.namespace())
+        self.read(move |db| {
+            let id = query::model_id(db, &model)?;
+            effective(db, id, model.namespace())
         })
         .await
     }
 
     async fn retention_models(&self, scope: GcScope) -> StoreResult<Vec<ModelName>> {
-        self.read(move |conn| retention_models(conn, &scope)).await
+        self.read(move |db| retention_models(db, &scope)).await
     }
 
     async fn plan_retention(&self, model: &ModelName, now_ms: i64, explain: bool) -> StoreResult<ModelPlan> {
         let model = model.clone();
-        self.read(move |conn| plan(conn, &model, now_ms, explain)).await
+        self.read(move |db| plan(db, &model, now_ms, explain)).await
     }
 
     async fn apply_retention(&self, ctx: &Ctx, model: &ModelName, now_ms: i64) -> StoreResult<ModelPlan> {
         let (c, model) = (ctx.clone(), model.clone());
-        self.write_internal(move |conn| apply(conn, &c, &model, now_ms))
-            .await
+        self.write_internal(move |db| apply(db, &c, &model, now_ms)).await
     }
 
     async fn unreferenced_blobs(
@@ -651,15 +650,14 @@ impl RetentionStore for SqliteStore {
         digests: Vec<Sha256Digest>,
         ignoring: Vec<(ModelName, u64)>,
     ) -> StoreResult<Vec<Sha256Digest>> {
-        self.read(move |conn| unreferenced(conn, &digests, &ignoring))
-            .await
+        self.read(move |db| unreferenced(db, &digests, &ignoring)).await
     }
 
     async fn record_blob_sweep(&self, ctx: &Ctx, blobs: u64, bytes: u64) -> StoreResult<()> {
         let c = ctx.clone();
-        self.write_internal(move |conn| {
+        self.write_internal(move |db| {
             record_audit_only(
-                conn,
+                db,
                 &c,
                 "blob.gc",
                 "blobs",
@@ -674,6 +672,8 @@ impl RetentionStore for SqliteStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use rusqlite::{params, Connection};
+
     use super::*;
 
     const OLD: &str = "2026-01-01T00:00:00.000Z";
@@ -695,7 +695,7 @@ mod tests {
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::sqlite::migrate(&mut conn).unwrap();
         assert_eq!(
             format_time(time::OffsetDateTime::from_unix_timestamp(NOW_MS / 1000).unwrap()),
             "2026-06-01T00:00:00.000Z"

@@ -8,11 +8,12 @@ use ballast_api::deployments::{
 };
 use ballast_api::routing::{check_url, Route, RoutingSnapshot, Target};
 use ballast_core::{validate_alias, ErrorCode, ModelName, Stage};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::{json, Value};
 
 use super::ops::record_change;
-use super::query::{model_id, now, to_i64, to_u64};
+use super::query::{bytewise, model_id, now, to_i64, to_u64};
+use crate::db::{Db, Row};
+use crate::params;
 use crate::{Ctx, ResolvedRoute, RoutingState, StoreError, StoreResult};
 
 fn invalid(field: &str, message: impl Into<String>) -> StoreError {
@@ -29,7 +30,7 @@ fn parse_model(field: &str, s: &str) -> StoreResult<ModelName> {
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, m.namespace, m.name, d.number, d.region, d.url, d.weight, d.upstream_model, d.created_by, d.created_at";
 
-fn deployment_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
+fn deployment_row(r: &Row) -> StoreResult<Deployment> {
     let ns: String = r.get(1)?;
     let m: String = r.get(2)?;
     Ok(Deployment {
@@ -38,19 +39,19 @@ fn deployment_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         version: to_u64(r.get(3)?),
         region: r.get(4)?,
         url: r.get(5)?,
-        weight: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(1),
+        weight: u32::try_from(r.get::<i64>(6)?).unwrap_or(1),
         upstream_model: r.get(7)?,
         created_by: r.get(8)?,
         created_at: r.get(9)?,
     })
 }
 
-fn load_deployment(conn: &Connection, id: u64) -> StoreResult<Deployment> {
-    conn.prepare_cached(&format!(
-        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id WHERE d.id = ?1"
-    ))?
-    .query_row([to_i64(id)], deployment_row)
-    .optional()?
+fn load_deployment(db: &dyn Db, id: u64) -> StoreResult<Deployment> {
+    db.query_row_opt(
+        &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id WHERE d.id = ?1"),
+        params![to_i64(id)],
+        deployment_row,
+    )?
     .ok_or_else(|| StoreError::not_found(format!("deployment {id}")))
 }
 
@@ -61,11 +62,7 @@ fn deployment_json(d: &Deployment) -> Value {
     })
 }
 
-pub(super) fn add_deployment(
-    conn: &Connection,
-    ctx: &Ctx,
-    req: &CreateDeployment,
-) -> StoreResult<Deployment> {
+pub(super) fn add_deployment(db: &dyn Db, ctx: &Ctx, req: &CreateDeployment) -> StoreResult<Deployment> {
     let name = parse_model("model", &req.model)?;
     if !is_route_name(&req.region) {
         return Err(invalid(
@@ -92,11 +89,12 @@ pub(super) fn add_deployment(
             ));
         }
     }
-    let id = model_id(conn, &name)?;
-    let sealed: Option<bool> = conn
-        .prepare_cached("SELECT sealed FROM versions WHERE model_id = ?1 AND number = ?2")?
-        .query_row(params![id, to_i64(req.version)], |r| r.get(0))
-        .optional()?;
+    let id = model_id(db, &name)?;
+    let sealed: Option<bool> = db.query_row_opt(
+        "SELECT sealed FROM versions WHERE model_id = ?1 AND number = ?2",
+        params![id, to_i64(req.version)],
+        |r| r.get::<bool>(0),
+    )?;
     match sealed {
         None => {
             return Err(StoreError::not_found(format!(
@@ -115,12 +113,10 @@ pub(super) fn add_deployment(
         }
         Some(true) => {}
     }
-    let dup: Option<i64> = conn
-        .prepare_cached(
-            "SELECT id FROM deployments WHERE model_id = ?1 AND number = ?2 AND region = ?3 AND url = ?4",
-        )?
-        .query_row(params![id, to_i64(req.version), req.region, url], |r| r.get(0))
-        .optional()?;
+    let dup: Option<i64> = db.query_value::<i64>(
+        "SELECT id FROM deployments WHERE model_id = ?1 AND number = ?2 AND region = ?3 AND url = ?4",
+        params![id, to_i64(req.version), req.region, url],
+    )?;
     if let Some(existing) = dup {
         return Err(StoreError::new(
             ErrorCode::AlreadyExists,
@@ -130,23 +126,25 @@ pub(super) fn add_deployment(
             ),
         ));
     }
-    conn.prepare_cached(
-        "INSERT INTO deployments (model_id, number, region, url, weight, upstream_model, created_by, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        id,
-        to_i64(req.version),
-        req.region,
-        url,
-        i64::from(req.weight),
-        req.upstream_model,
-        ctx.actor,
-        now()
-    ])?;
-    let d = load_deployment(conn, to_u64(conn.last_insert_rowid()))?;
+    let new_id = db
+        .query_one(
+            "INSERT INTO deployments (model_id, number, region, url, weight, upstream_model, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+            params![
+                id,
+                to_i64(req.version),
+                req.region,
+                url,
+                i64::from(req.weight),
+                req.upstream_model,
+                ctx.actor,
+                now()
+            ],
+        )?
+        .get::<u64>(0)?;
+    let d = load_deployment(db, new_id)?;
     record_change(
-        conn,
+        db,
         ctx,
         "deployment.add",
         &format!("{name}/{}", d.version),
@@ -156,12 +154,11 @@ pub(super) fn add_deployment(
     Ok(d)
 }
 
-pub(super) fn remove_deployment(conn: &Connection, ctx: &Ctx, id: u64) -> StoreResult<()> {
-    let d = load_deployment(conn, id)?;
-    conn.prepare_cached("DELETE FROM deployments WHERE id = ?1")?
-        .execute([to_i64(id)])?;
+pub(super) fn remove_deployment(db: &dyn Db, ctx: &Ctx, id: u64) -> StoreResult<()> {
+    let d = load_deployment(db, id)?;
+    db.execute("DELETE FROM deployments WHERE id = ?1", params![to_i64(id)])?;
     record_change(
-        conn,
+        db,
         ctx,
         "deployment.remove",
         &format!("{}/{}", d.model, d.version),
@@ -171,27 +168,27 @@ pub(super) fn remove_deployment(conn: &Connection, ctx: &Ctx, id: u64) -> StoreR
 }
 
 pub(super) fn list_deployments(
-    conn: &Connection,
+    db: &dyn Db,
     model: Option<&ModelName>,
     region: Option<&str>,
 ) -> StoreResult<Vec<Deployment>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id
-         WHERE (?1 IS NULL OR (m.namespace = ?1 AND m.name = ?2)) AND (?3 IS NULL OR d.region = ?3)
-         ORDER BY d.id"
-    ))?;
-    let rows = stmt.query_map(
+    db.query_map(
+        &format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id
+             WHERE (CAST(?1 AS TEXT) IS NULL OR (m.namespace = CAST(?1 AS TEXT) AND m.name = CAST(?2 AS TEXT)))
+               AND (CAST(?3 AS TEXT) IS NULL OR d.region = CAST(?3 AS TEXT))
+             ORDER BY d.id"
+        ),
         params![
             model.map(ModelName::namespace),
             model.map(ModelName::model),
             region
         ],
         deployment_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )
 }
 
-fn route_row(r: &Row<'_>) -> rusqlite::Result<(String, String, i64, String, String)> {
+fn route_row(r: &Row) -> StoreResult<(String, String, i64, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
@@ -206,19 +203,25 @@ fn to_route(row: (String, String, i64, String, String)) -> StoreResult<RegistryR
     })
 }
 
-fn load_route(conn: &Connection, name: &str) -> StoreResult<Option<RegistryRoute>> {
-    conn.prepare_cached("SELECT name, spec, revision, updated_by, updated_at FROM routes WHERE name = ?1")?
-        .query_row([name], route_row)
-        .optional()?
-        .map(to_route)
-        .transpose()
+fn load_route(db: &dyn Db, name: &str) -> StoreResult<Option<RegistryRoute>> {
+    db.query_row_opt(
+        "SELECT name, spec, revision, updated_by, updated_at FROM routes WHERE name = ?1",
+        params![name],
+        route_row,
+    )?
+    .map(to_route)
+    .transpose()
 }
 
-pub(super) fn list_routes(conn: &Connection) -> StoreResult<Vec<RegistryRoute>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, spec, revision, updated_by, updated_at FROM routes ORDER BY name")?;
-    let rows = stmt.query_map([], route_row)?;
-    rows.map(|r| to_route(r?)).collect()
+pub(super) fn list_routes(db: &dyn Db) -> StoreResult<Vec<RegistryRoute>> {
+    let sql = format!(
+        "SELECT name, spec, revision, updated_by, updated_at FROM routes ORDER BY name{}",
+        bytewise(db)
+    );
+    db.query_map(&sql, params![], route_row)?
+        .into_iter()
+        .map(to_route)
+        .collect()
 }
 
 /// Checks the route's own settings with the snapshot rules (on a one-route snapshot).
@@ -271,12 +274,7 @@ fn route_json(r: &RegistryRoute) -> Value {
     json!({ "spec": r.spec, "revision": r.revision })
 }
 
-pub(super) fn set_route(
-    conn: &Connection,
-    ctx: &Ctx,
-    name: &str,
-    spec: &SetRoute,
-) -> StoreResult<RegistryRoute> {
+pub(super) fn set_route(db: &dyn Db, ctx: &Ctx, name: &str, spec: &SetRoute) -> StoreResult<RegistryRoute> {
     if !is_route_name(name) {
         return Err(invalid(
             "name",
@@ -296,7 +294,7 @@ pub(super) fn set_route(
         }
         RouteRef::Alias { alias, .. } => validate_alias(alias)?,
     }
-    model_id(conn, &model)?;
+    model_id(db, &model)?;
     if let Some(c) = &spec.canary {
         validate_alias(&c.alias).map_err(|e| invalid("canary.alias", e.message))?;
         if c.percent > 100 {
@@ -315,7 +313,7 @@ pub(super) fn set_route(
         if !seen.insert(fb.as_str()) {
             return Err(invalid("fallbacks", format!("{fb:?} is listed twice")));
         }
-        if load_route(conn, fb)?.is_none() {
+        if load_route(db, fb)?.is_none() {
             return Err(invalid(
                 "fallbacks",
                 format!("unknown route {fb:?}: create it first"),
@@ -323,7 +321,7 @@ pub(super) fn set_route(
         }
     }
     // No cycle through the new edges.
-    let mut graph: BTreeMap<String, Vec<String>> = list_routes(conn)?
+    let mut graph: BTreeMap<String, Vec<String>> = list_routes(db)?
         .into_iter()
         .map(|r| (r.name, r.spec.fallbacks))
         .collect();
@@ -343,17 +341,17 @@ pub(super) fn set_route(
             }
         }
     }
-    let before = load_route(conn, name)?;
-    conn.prepare_cached(
+    let before = load_route(db, name)?;
+    db.execute(
         "INSERT INTO routes (name, spec, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_by = excluded.updated_by,
             updated_at = excluded.updated_at, revision = routes.revision + 1",
-    )?
-    .execute(params![name, serde_json::to_string(spec)?, ctx.actor, now()])?;
-    let after = load_route(conn, name)?
+        params![name, serde_json::to_string(spec)?, ctx.actor, now()],
+    )?;
+    let after = load_route(db, name)?
         .ok_or_else(|| StoreError::internal(format!("route {name:?} vanished while being written")))?;
     record_change(
-        conn,
+        db,
         ctx,
         "route.set",
         &format!("route/{name}"),
@@ -363,9 +361,9 @@ pub(super) fn set_route(
     Ok(after)
 }
 
-pub(super) fn delete_route(conn: &Connection, ctx: &Ctx, name: &str) -> StoreResult<()> {
-    let before = load_route(conn, name)?.ok_or_else(|| StoreError::not_found(format!("route {name:?}")))?;
-    let users: Vec<String> = list_routes(conn)?
+pub(super) fn delete_route(db: &dyn Db, ctx: &Ctx, name: &str) -> StoreResult<()> {
+    let before = load_route(db, name)?.ok_or_else(|| StoreError::not_found(format!("route {name:?}")))?;
+    let users: Vec<String> = list_routes(db)?
         .into_iter()
         .filter(|r| r.spec.fallbacks.iter().any(|f| f == name))
         .map(|r| r.name)
@@ -379,10 +377,9 @@ pub(super) fn delete_route(conn: &Connection, ctx: &Ctx, name: &str) -> StoreRes
             ),
         ));
     }
-    conn.prepare_cached("DELETE FROM routes WHERE name = ?1")?
-        .execute([name])?;
+    db.execute("DELETE FROM routes WHERE name = ?1", params![name])?;
     record_change(
-        conn,
+        db,
         ctx,
         "route.delete",
         &format!("route/{name}"),
@@ -391,50 +388,42 @@ pub(super) fn delete_route(conn: &Connection, ctx: &Ctx, name: &str) -> StoreRes
     )
 }
 
-fn version_of_ref(conn: &Connection, id: i64, r: &RouteRef) -> StoreResult<Option<u64>> {
+fn version_of_ref(db: &dyn Db, id: i64, r: &RouteRef) -> StoreResult<Option<u64>> {
     match r {
         RouteRef::Stage { stage, .. } => {
             let Ok(stage) = stage.parse::<Stage>() else {
                 return Ok(None);
             };
-            super::query::newest_in_stage(conn, id, stage)
+            super::query::newest_in_stage(db, id, stage)
         }
-        RouteRef::Alias { alias, .. } => alias_version(conn, id, alias),
+        RouteRef::Alias { alias, .. } => alias_version(db, id, alias),
     }
 }
 
-fn alias_version(conn: &Connection, id: i64, alias: &str) -> StoreResult<Option<u64>> {
-    Ok(conn
-        .prepare_cached("SELECT number FROM aliases WHERE model_id = ?1 AND alias = ?2")?
-        .query_row(params![id, alias], |r| r.get::<_, i64>(0))
-        .optional()?
+fn alias_version(db: &dyn Db, id: i64, alias: &str) -> StoreResult<Option<u64>> {
+    Ok(db
+        .query_value::<i64>(
+            "SELECT number FROM aliases WHERE model_id = ?1 AND alias = ?2",
+            params![id, alias],
+        )?
         .map(to_u64))
 }
 
 /// The production version that `current` replaced (from the stage history), if any.
-fn replaced_production(conn: &Connection, id: i64, current: u64) -> StoreResult<Option<u64>> {
-    let replaced: Option<Option<i64>> = conn
-        .prepare_cached(
-            "SELECT replaced FROM stage_history WHERE model_id = ?1 AND number = ?2 AND to_stage = 'production'
-             ORDER BY id DESC LIMIT 1",
-        )?
-        .query_row(params![id, to_i64(current)], |r| r.get(0))
-        .optional()?;
+fn replaced_production(db: &dyn Db, id: i64, current: u64) -> StoreResult<Option<u64>> {
+    let replaced: Option<Option<i64>> = db.query_value::<Option<i64>>(
+        "SELECT replaced FROM stage_history WHERE model_id = ?1 AND number = ?2 AND to_stage = 'production'
+         ORDER BY id DESC LIMIT 1",
+        params![id, to_i64(current)],
+    )?;
     Ok(replaced.flatten().map(to_u64))
 }
 
-/// Everything the snapshot is compiled from, read in one transaction.
-pub(super) fn routing_state(conn: &Connection) -> StoreResult<RoutingState> {
-    conn.execute_batch("BEGIN")?;
-    let out = routing_state_in_tx(conn);
-    let _ = conn.execute_batch("COMMIT");
-    out
-}
-
-fn routing_state_in_tx(conn: &Connection) -> StoreResult<RoutingState> {
-    let last_event_id = super::events::last_event_id(conn)?;
+/// Everything the snapshot is compiled from (reads run in one transaction).
+pub(super) fn routing_state(db: &dyn Db) -> StoreResult<RoutingState> {
+    let last_event_id = super::events::last_event_id(db)?;
     let mut routes = Vec::new();
-    for route in list_routes(conn)? {
+    for route in list_routes(db)? {
         let mut resolved = ResolvedRoute {
             route,
             version: None,
@@ -450,7 +439,7 @@ fn routing_state_in_tx(conn: &Connection) -> StoreResult<RoutingState> {
             routes.push(resolved);
             continue;
         };
-        let id = match model_id(conn, &model) {
+        let id = match model_id(db, &model) {
             Ok(id) => id,
             Err(e) if e.code == ErrorCode::NotFound => {
                 routes.push(resolved);
@@ -458,17 +447,17 @@ fn routing_state_in_tx(conn: &Connection) -> StoreResult<RoutingState> {
             }
             Err(e) => return Err(e),
         };
-        resolved.version = version_of_ref(conn, id, &target)?;
+        resolved.version = version_of_ref(db, id, &target)?;
         if let (RouteRef::Stage { stage, .. }, Some(v)) = (&target, resolved.version) {
             if stage == "production" {
-                resolved.previous_production = replaced_production(conn, id, v)?.filter(|p| *p != v);
+                resolved.previous_production = replaced_production(db, id, v)?.filter(|p| *p != v);
             }
         }
         if let Some(c) = &resolved.route.spec.canary {
             resolved.canary_version =
-                alias_version(conn, id, &c.alias)?.filter(|c| Some(*c) != resolved.version);
+                alias_version(db, id, &c.alias)?.filter(|c| Some(*c) != resolved.version);
         }
-        resolved.deployments = list_deployments(conn, Some(&model), None)?
+        resolved.deployments = list_deployments(db, Some(&model), None)?
             .into_iter()
             .filter(|d| {
                 Some(d.version) == resolved.version
