@@ -22,7 +22,7 @@ use crate::multinode::{pg_program, required};
 use crate::support::{admin_token, free_port, ServerProc};
 
 /// A throwaway PostgreSQL cluster in a temporary directory, on a free loopback port.
-struct PgCluster {
+pub(crate) struct PgCluster {
     dir: tempfile::TempDir,
     initdb: PathBuf,
     pg_ctl: PathBuf,
@@ -33,7 +33,7 @@ struct PgCluster {
 impl PgCluster {
     /// Creates the cluster (not started), or `None` when PostgreSQL is not installed here (a
     /// failure under `CI=true`).
-    fn init() -> Option<Self> {
+    pub(crate) fn init() -> Option<Self> {
         let initdb = pg_program("initdb")?;
         let pg_ctl = pg_program("pg_ctl")?;
         let dir = tempfile::tempdir().unwrap();
@@ -71,12 +71,24 @@ impl PgCluster {
         Some(me)
     }
 
-    fn data(&self) -> String {
+    pub(crate) fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Hands a file the test wrote to the user the server runs as.
+    pub(crate) fn give(&self, path: &Path) {
+        if self.as_root {
+            let ok = Command::new("chown")
+                .arg("postgres")
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cannot hand {} to the postgres user", path.display());
+        }
     }
 
     fn command(&self, program: &Path) -> Command {
@@ -105,7 +117,7 @@ impl PgCluster {
         );
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         let (data, log) = (self.data(), self.dir.path().join("server.log"));
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=on",

@@ -7,6 +7,7 @@ mod crash;
 mod dboutage;
 mod governance;
 mod multinode;
+mod pgtls;
 mod regions;
 mod retention;
 mod support;

@@ -507,6 +507,16 @@ pub(super) fn redeliver(db: &dyn Db, ctx: &Ctx, webhook: u64, id: u64) -> StoreR
 }
 
 /// Claims due deliveries for `claim.node`, at most `claim.per_webhook` in flight per webhook.
+/// Whether any delivery is due and unleased at `now` (Unix ms).
+pub(super) fn any_due(db: &dyn Db, now: i64) -> StoreResult<bool> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM deliveries WHERE status = 'pending' AND next_attempt_ms <= ?1 AND lease_until_ms < ?1 LIMIT 1",
+            params![now],
+        )?
+        .is_some())
+}
+
 pub(super) fn claim(db: &dyn Db, claim: &Claim) -> StoreResult<Vec<ClaimedDelivery>> {
     let now = claim.now_ms;
     let due: Vec<i64> = db.query_map(
