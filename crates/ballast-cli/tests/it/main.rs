@@ -10,5 +10,9 @@ mod multinode;
 mod pgtls;
 mod regions;
 mod retention;
+// The S3-compatible test server of the blob store's suite.
+#[allow(dead_code, clippy::duplicate_mod)]
+#[path = "../../../ballast-blob/tests/it/s3s.rs"]
+mod s3s;
 mod support;
 mod webhooks;

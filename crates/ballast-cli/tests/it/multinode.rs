@@ -1,4 +1,5 @@
-//! Several `ballast server` processes on one PostgreSQL database and one blob store: concurrent
+//! Several `ballast server` processes on one PostgreSQL database and one blob store (an S3
+//! bucket on the s3s-fs test server; a shared directory where it is not installed): concurrent
 //! version creates and alias moves through different nodes while one node is SIGKILLed, then
 //! the registry's guarantees are checked across nodes (gap-free numbers, one CAS winner per
 //! revision, idempotent retries landing on another node, nothing acknowledged lost, an intact
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::s3s::{S3Server, ACCESS_KEY, SECRET_KEY};
 use crate::support::{admin_token, free_port, ServerProc};
 
 /// Whether PostgreSQL tests must run (and so fail rather than skip when something is missing).
@@ -113,27 +115,54 @@ fn psql_run(psql: &Path, url: &str, sql: &str) {
     );
 }
 
-/// Starts a node on the shared database and blob directory. The database URL goes in the
+/// Where the nodes keep artifacts: one S3 bucket (s3s-fs), or one directory they all use.
+enum SharedBlobs {
+    Bucket(S3Server),
+    Directory(PathBuf),
+}
+
+impl SharedBlobs {
+    /// A bucket when the S3 test server is installed (required under `CI=true`), else a
+    /// directory.
+    fn new(dir: &Path) -> Self {
+        match S3Server::start("registry") {
+            Some(s3) => Self::Bucket(s3),
+            None => Self::Directory(dir.join("blobs")),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Self::Bucket(s3) => vec![
+                "--blob-url".into(),
+                format!("s3://{}/models", s3.bucket),
+                "--s3-endpoint".into(),
+                s3.endpoint.clone(),
+                "--s3-path-style".into(),
+            ],
+            Self::Directory(d) => vec!["--blob-url".into(), format!("file://{}", d.display())],
+        }
+    }
+}
+
+/// Starts a node on the shared database and blob store. The database URL goes in the
 /// environment on even nodes and as a flag on odd ones, so both ways are covered.
-async fn node(dir: &Path, i: usize, db: &str, blobs: &Path) -> ServerProc {
+async fn node(dir: &Path, i: usize, db: &str, blobs: &SharedBlobs) -> ServerProc {
     let data = dir.join(format!("node{i}"));
-    let blob_url = format!("file://{}", blobs.display());
-    let webhook_env = [
+    let mut args: Vec<String> = blobs.args();
+    let mut envs = vec![
         ("BALLAST_WEBHOOK_TIMEOUT_SECS", "2"),
         ("BALLAST_WEBHOOK_RETRY_BASE_MS", "100"),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
     ];
     if i % 2 == 0 {
-        let mut envs = webhook_env.to_vec();
         envs.push(("BALLAST_DATABASE_URL", db));
-        ServerProc::start_with(&data, &["--blob-url", &blob_url], &envs).await
     } else {
-        ServerProc::start_with(
-            &data,
-            &["--database-url", db, "--blob-url", &blob_url],
-            &webhook_env,
-        )
-        .await
+        args.extend(["--database-url".to_owned(), db.to_owned()]);
     }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProc::start_with(&data, &args, &envs).await
 }
 
 fn client(token: &str) -> reqwest::Client {
@@ -313,7 +342,7 @@ async fn nodes_share_one_database_and_survive_a_killed_node() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let blobs = dir.path().join("blobs");
+    let blobs = SharedBlobs::new(dir.path());
     // The first node bootstraps the database (and writes the admin token); the others join it.
     let first = node(dir.path(), 0, &db.url, &blobs).await;
     let token = admin_token(&dir.path().join("node0"));
@@ -600,7 +629,7 @@ async fn webhook_events_are_delivered_once_although_two_nodes_dispatch() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let blobs = dir.path().join("blobs");
+    let blobs = SharedBlobs::new(dir.path());
     let first = node(dir.path(), 0, &db.url, &blobs).await;
     let token = admin_token(&dir.path().join("node0"));
     let second = node(dir.path(), 1, &db.url, &blobs).await;
