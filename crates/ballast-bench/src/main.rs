@@ -4,5 +4,7 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    // The server runs in-process: the same allocator settings as `ballast server`.
+    ballast_server::alloc::limit_malloc_arenas();
     ballast_bench::run(ballast_bench::Cli::parse())
 }

@@ -34,6 +34,7 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    ballast_server::alloc::limit_malloc_arenas();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Server(_) | Command::Router(_)) {
         "info"

@@ -168,6 +168,8 @@ where
     {
         let mut stop = drain_rx.clone();
         let accept = accept_loop(&listener, &mut stop, |tcp| {
+            // Forget the connections that closed meanwhile.
+            while conns.try_join_next().is_some() {}
             conns.spawn(serve_conn(Arc::clone(&front), tcp, drain_rx.clone()));
         });
         tokio::pin!(accept);
@@ -299,24 +301,30 @@ where
     {
         let mut stop = drain_rx.clone();
         let accept = accept_loop(&listener, &mut stop, |tcp| {
-            let Some((conns, open)) = senders
-                .iter()
-                .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-            else {
-                return;
+            let mut std_tcp = match tcp.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand an accepted connection over");
+                    return;
+                }
             };
-            match tcp.into_std() {
-                Ok(std_tcp) => {
-                    // Counted now, so a burst of connections spreads before the workers run;
-                    // the worker's `Open` takes the count down when the connection closes.
-                    open.fetch_add(1, Ordering::Relaxed);
-                    if conns.send(std_tcp).is_err() {
+            // The least busy worker first; a worker that stopped is passed over.
+            let mut order: Vec<&(mpsc::UnboundedSender<std::net::TcpStream>, Arc<AtomicUsize>)> =
+                senders.iter().collect();
+            order.sort_by_key(|(_, open)| open.load(Ordering::Relaxed));
+            for (conns, open) in order {
+                // Counted now, so a burst of connections spreads before the workers run; the
+                // worker's `Open` takes the count down when the connection closes.
+                open.fetch_add(1, Ordering::Relaxed);
+                match conns.send(std_tcp) {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(back)) => {
                         open.fetch_sub(1, Ordering::Relaxed);
-                        tracing::error!("a request worker has stopped; connection dropped");
+                        std_tcp = back;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot hand an accepted connection over"),
             }
+            tracing::error!("no request worker is running; connection dropped");
         });
         tokio::pin!(accept);
         tokio::pin!(shutdown);

@@ -5,6 +5,7 @@
 //! the bound address); [`Server::serve`] runs until the shutdown future resolves, then drains
 //! in-flight requests and closes the store cleanly.
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod authz;

@@ -94,6 +94,45 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(body["upstream"], "slow");
 }
 
+#[tokio::test]
+async fn serving_on_the_callers_runtime_proxies_answers_own_endpoints_and_drains() {
+    let slow = Upstream::start("slow").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}",
+        target("slow", &slow.url(), "eu", "m/bot/1")
+    );
+    let mut router = TestRouter::start_with("eu", &toml, |c| c.workers = 0).await;
+    assert_eq!(router.chat("bot").await.status, 200);
+    let r = client().get(router.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // An own endpoint keeps its methods: no fall-through to the proxy.
+    let r = client().post(router.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    // Paths that only look like own endpoints are proxied (no prefix route here: 404).
+    let r = client().get(router.url("/healthz/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_route");
+
+    slow.set(Mode::Delay(Duration::from_millis(500)));
+    let url = router.url("/v1/chat/completions");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&serde_json::json!({"model": "bot"}))
+            .send()
+            .await
+            .unwrap()
+    });
+    eventually(Duration::from_secs(2), "request in flight", || async {
+        slow.hits() == 2
+    })
+    .await;
+    router.begin_shutdown();
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 async fn post(router: &TestRouter, path: &str) -> (u16, serde_json::Value) {
     let r = client().post(router.url(path)).send().await.unwrap();
     let status = r.status().as_u16();

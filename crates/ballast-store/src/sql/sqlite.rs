@@ -20,9 +20,9 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Most reads running at once (WAL readers do not block the writer).
-const READERS: usize = 64;
+const READERS: usize = 16;
 /// Prepared statements kept per connection (list queries are built per filter combination).
-const STATEMENT_CACHE: usize = 256;
+const STATEMENT_CACHE: usize = 64;
 
 impl Conn for Connection {}
 
