@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::support::ServerProc;
+use crate::support::{list_all_versions, ServerProc};
 
 const MODEL: &str = "crash/model";
 
@@ -233,44 +233,21 @@ async fn check_invariants(url: &str, data: &std::path::Path, acked: &Acked) {
 
     // Gap-free numbers: exactly 1..=latest exist.
     let mut seen = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("order".to_owned(), "asc".to_owned()),
-            ("limit".to_owned(), "1000".to_owned()),
-        ];
-        if let Some(cur) = &cursor {
-            q.push(("cursor".to_owned(), cur.clone()));
-        }
-        let page: Value = c
-            .get(format!("{url}/v1/models/{MODEL}/versions"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for v in page["versions"].as_array().unwrap() {
-            let n = v["version"].as_u64().unwrap();
-            assert!(seen.insert(n), "version {n} listed twice");
-            // Nothing half-there: every file of every version (acknowledged or not) has its blob.
-            for f in v["files"].as_array().unwrap() {
-                let p = f["path"].as_str().unwrap();
-                let r = c
-                    .get(format!("{url}/v1/models/{MODEL}/versions/{n}/files/{p}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200, "file {p} of version {n}");
-                let body = r.bytes().await.unwrap();
-                assert_eq!(hex::encode(Sha256::digest(&body)), f["sha256"].as_str().unwrap());
-                assert_eq!(body.len() as u64, f["size"].as_u64().unwrap());
-            }
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            break;
+    for v in list_all_versions(&c, url, MODEL).await {
+        let n = v["version"].as_u64().unwrap();
+        assert!(seen.insert(n), "version {n} listed twice");
+        // Nothing half-there: every file of every version (acknowledged or not) has its blob.
+        for f in v["files"].as_array().unwrap() {
+            let p = f["path"].as_str().unwrap();
+            let r = c
+                .get(format!("{url}/v1/models/{MODEL}/versions/{n}/files/{p}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "file {p} of version {n}");
+            let body = r.bytes().await.unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&body)), f["sha256"].as_str().unwrap());
+            assert_eq!(body.len() as u64, f["size"].as_u64().unwrap());
         }
     }
     let expected: BTreeSet<u64> = (1..=latest).collect();

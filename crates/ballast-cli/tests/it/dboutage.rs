@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::multinode::{pg_program, required};
-use crate::support::{admin_token, free_port, ServerProc};
+use crate::support::{admin_token, free_port, version_descriptions, ServerProc};
 
 /// A throwaway PostgreSQL cluster in a temporary directory, on a free loopback port.
 pub(crate) struct PgCluster {
@@ -376,35 +376,7 @@ async fn server_survives_a_database_outage_without_losing_writes() {
     );
 
     // Every acknowledged write is there exactly once, numbers are gap-free, the audit chain holds.
-    let mut listed: BTreeMap<u64, String> = BTreeMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![("order", "asc".to_owned()), ("limit", "1000".to_owned())];
-        if let Some(cur) = &cursor {
-            q.push(("cursor", cur.clone()));
-        }
-        let page: Value = c
-            .get(format!("{url}/v1/models/{MODEL}/versions"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for v in page["versions"].as_array().expect("a version list") {
-            let n = v["version"].as_u64().unwrap();
-            let d = v["metadata"]["description"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            assert!(listed.insert(n, d).is_none(), "version {n} listed twice");
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let listed = version_descriptions(&c, &url, MODEL).await;
     let n = listed.len() as u64;
     assert_eq!(
         listed.keys().copied().collect::<Vec<_>>(),

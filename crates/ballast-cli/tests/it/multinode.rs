@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::s3s::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::support::{admin_token, free_port, ServerProc};
+use crate::support::{admin_token, free_port, version_descriptions, ServerProc};
 
 /// Whether PostgreSQL tests must run (and so fail rather than skip when something is missing).
 pub(crate) fn required() -> bool {
@@ -279,39 +279,6 @@ async fn create_version(
     Ok((status, v["version"].as_u64().unwrap_or(0)))
 }
 
-/// Every version number of a model, checked to be listed once each.
-async fn all_versions(c: &reqwest::Client, url: &str, model: &str) -> BTreeMap<u64, String> {
-    let mut seen = BTreeMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![("order", "asc".to_owned()), ("limit", "1000".to_owned())];
-        if let Some(cur) = &cursor {
-            q.push(("cursor", cur.clone()));
-        }
-        let page: Value = c
-            .get(format!("{url}/v1/models/{model}/versions"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for v in page["versions"].as_array().expect("a version list") {
-            let n = v["version"].as_u64().unwrap();
-            let d = v["metadata"]["description"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            assert!(seen.insert(n, d).is_none(), "version {n} listed twice");
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return seen,
-        }
-    }
-}
-
 async fn audit_intact(c: &reqwest::Client, url: &str) -> u64 {
     let v: Value = c
         .get(format!("{url}/v1/audit/verify"))
@@ -524,7 +491,7 @@ async fn nodes_share_one_database_and_survive_a_killed_node() {
         assert_eq!(by.len(), 1, "alias revision {rev} won by several moves: {by:?}");
     }
     for url in &urls[..2] {
-        let listed = all_versions(&c, url, MODEL).await;
+        let listed = version_descriptions(&c, url, MODEL).await;
         let latest = *listed.keys().last().unwrap();
         // Gap-free: exactly 1..=latest, and the model agrees.
         assert_eq!(

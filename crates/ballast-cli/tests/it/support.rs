@@ -140,3 +140,53 @@ impl Drop for ServerProc {
         let _ = self.child.wait();
     }
 }
+
+/// Every version of `model`, oldest first, read page by page (each listed once).
+pub async fn list_all_versions(c: &reqwest::Client, url: &str, model: &str) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("order", "asc".to_owned()), ("limit", "1000".to_owned())];
+        if let Some(cur) = &cursor {
+            q.push(("cursor", cur.clone()));
+        }
+        let page: serde_json::Value = c
+            .get(format!("{url}/v1/models/{model}/versions"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(
+            page["versions"]
+                .as_array()
+                .expect("a version list")
+                .iter()
+                .cloned(),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            return out;
+        }
+    }
+}
+
+/// Version number → description of every version of `model`, checked to be listed once each.
+pub async fn version_descriptions(
+    c: &reqwest::Client,
+    url: &str,
+    model: &str,
+) -> std::collections::BTreeMap<u64, String> {
+    let mut seen = std::collections::BTreeMap::new();
+    for v in list_all_versions(c, url, model).await {
+        let n = v["version"].as_u64().unwrap();
+        let d = v["metadata"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(seen.insert(n, d).is_none(), "version {n} listed twice");
+    }
+    seen
+}
