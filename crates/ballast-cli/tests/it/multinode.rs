@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::s3s::{S3Server, ACCESS_KEY, SECRET_KEY};
-use crate::support::{admin_token, free_port, version_descriptions, ServerProc};
+use crate::support::{admin_token, free_port, version_descriptions, wait_until, ServerProc};
 
 /// Whether PostgreSQL tests must run (and so fail rather than skip when something is missing).
 pub(crate) fn required() -> bool {
@@ -468,7 +468,13 @@ async fn nodes_share_one_database_and_survive_a_killed_node() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the third node once the load is under way on every node.
+    wait_until(
+        "30 concurrent creates acknowledged",
+        Duration::from_secs(30),
+        || acked.lock().unwrap().versions.len() >= 30,
+    )
+    .await;
     killed.store(true, std::sync::atomic::Ordering::SeqCst);
     third.kill9();
     for t in tasks {

@@ -190,3 +190,12 @@ pub async fn version_descriptions(
     }
     seen
 }
+
+/// Waits until `cond` holds, checking every 20 ms; fails the test after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
