@@ -314,15 +314,6 @@ impl dyn Db + '_ {
     ) -> StoreResult<Option<T>> {
         self.query_opt(sql, params)?.as_ref().map(f).transpose()
     }
-
-    /// The SQL text of a `GREATEST(a, b)` of two expressions.
-    #[must_use]
-    pub fn greatest(&self, a: &str, b: &str) -> String {
-        match self.dialect() {
-            Dialect::Sqlite => format!("max({a}, {b})"),
-            Dialect::Postgres => format!("GREATEST({a}, {b})"),
-        }
-    }
 }
 
 /// `unavailable` for a database that cannot be reached.

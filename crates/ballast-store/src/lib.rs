@@ -20,7 +20,7 @@ pub use error::{StoreError, StoreResult};
 pub use governance::GovernanceStore;
 pub use mlflow::MlflowStore;
 pub use retention::{GcScope, ModelPlan, RetentionStore, RetentionTarget};
-pub use sql::{PgOptions, SqlStore, SqliteStore};
+pub use sql::{PgOptions, SqlStore};
 pub use types::{
     unix_ms, AttemptOutcome, AuditFilter, Claim, ClaimedDelivery, Ctx, Idempotency, MetricFilter,
     ModelFilter, Precondition, ResolvedRoute, RoutingState, StoreStats, VersionFilter, VersionOrder,

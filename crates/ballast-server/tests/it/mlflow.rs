@@ -1068,7 +1068,7 @@ impl ballast_server::governance::TransitionGate for NoProduction {
 async fn mlflow_stage_moves_pass_the_governance_gate() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let store = ballast_store::SqliteStore::open(&dir.path().join("ballast.db")).unwrap();
+    let store = ballast_store::SqlStore::open(&dir.path().join("ballast.db")).unwrap();
     let blobs = ballast_blob::LocalBlobStore::open(dir.path().join("blobs")).unwrap();
     let mut state = ballast_server::AppState::new(
         ballast_server::Config {

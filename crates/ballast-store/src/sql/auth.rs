@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::ops::record_change;
 use super::query::{bytewise, format_time, now, to_i64, to_u64};
-use super::SqliteStore;
+use super::SqlStore;
 use crate::db::{Db, Row};
 use crate::params;
 use crate::{AuthStore, Ctx, StoreError, StoreResult, TokenLookup};
@@ -229,7 +229,7 @@ fn last_admin() -> StoreError {
 }
 
 #[async_trait]
-impl AuthStore for SqliteStore {
+impl AuthStore for SqlStore {
     async fn create_token(
         &self,
         ctx: &Ctx,

@@ -78,7 +78,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// A connection for reads.
     fn open_reader(&self) -> StoreResult<Box<dyn Conn>>;
     /// Starts a write transaction (holding whatever lock serializes writers).
-    fn begin_write(&self) -> &'static str;
+    fn begin_write(&self) -> &str;
     /// Statements around a read, if reads need an explicit transaction.
     fn read_transaction(&self) -> Option<(&'static str, &'static str)>;
     /// Whether other processes may write to the same database (then caches of reads are off
@@ -104,9 +104,6 @@ pub struct SqlStore {
     aliases: cache::Cached<(ModelName, String), Alias>,
     versions: cache::Cached<(ModelName, u64), Version>,
 }
-
-/// The embedded store's historical name.
-pub type SqliteStore = SqlStore;
 
 /// What a database URL names.
 enum DatabaseUrl<'a> {
@@ -501,7 +498,7 @@ fn run_batch(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn create_model(&self, ctx: &Ctx, req: CreateModel) -> StoreResult<Model> {
         let c = ctx.clone();
         self.write(ctx, move |db| ops::create_model(db, &c, &req)).await

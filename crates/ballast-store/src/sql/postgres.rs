@@ -62,6 +62,8 @@ impl Default for PgOptions {
 pub(super) struct PgBackend {
     config: postgres::Config,
     tls: super::pg_tls::MakeRustls,
+    /// Opens a write transaction holding the writers' lock.
+    begin: String,
     pool: (usize, Duration),
 }
 
@@ -132,6 +134,7 @@ impl PgBackend {
         Ok(Self {
             config,
             tls: connector,
+            begin: format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
             pool: (opts.max_connections.max(1), opts.pool_timeout),
         })
     }
@@ -224,9 +227,8 @@ impl Backend for PgBackend {
         Ok(Box::new(self.open()?))
     }
 
-    fn begin_write(&self) -> &'static str {
-        // The lock id is the WRITE_LOCK constant.
-        "BEGIN; SELECT pg_advisory_xact_lock(27691666020332404)"
+    fn begin_write(&self) -> &str {
+        &self.begin
     }
 
     fn read_transaction(&self) -> Option<(&'static str, &'static str)> {

@@ -126,7 +126,7 @@ impl Backend for SqliteBackend {
         Ok(Box::new(conn))
     }
 
-    fn begin_write(&self) -> &'static str {
+    fn begin_write(&self) -> &str {
         "BEGIN IMMEDIATE"
     }
 

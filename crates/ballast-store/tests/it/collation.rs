@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ballast_api::auth::{GrantRole, Role};
 use ballast_api::deployments::SetRoute;
-use ballast_store::{PgOptions, SqlStore, SqliteStore, Store};
+use ballast_store::{PgOptions, SqlStore, Store};
 
 use crate::conformance::{ctx, model};
 use crate::nodes::DropDatabase;
@@ -70,7 +70,7 @@ async fn listings_sort_by_bytes(store: &dyn Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_listings_sort_by_bytes() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SqliteStore::open(&dir.path().join("ballast.db")).expect("open");
+    let store = SqlStore::open(&dir.path().join("ballast.db")).expect("open");
     listings_sort_by_bytes(&store).await;
     store.close().await;
 }
