@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Uri};
 
-use crate::body::ProxyBody;
 use crate::proxy::record_target_failure;
 use crate::state::Shared;
 use crate::table::{RouteRt, TargetRt};
@@ -31,7 +30,7 @@ async fn probe(
         .path_and_query(pq)
         .build()
         .ok()?;
-    let mut req = Request::new(ProxyBody::empty());
+    let mut req = Request::new(http_body_util::Empty::new());
     *req.uri_mut() = uri;
     req.headers_mut().insert(
         http::header::USER_AGENT,

@@ -29,6 +29,7 @@ pub mod checker;
 pub mod config;
 pub mod error;
 pub mod failover;
+pub mod h1;
 pub mod health;
 pub mod lkg;
 pub mod metrics;
@@ -40,6 +41,7 @@ pub mod state;
 pub mod table;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,21 +1,28 @@
 //! The proxy: finds the route of a request, plans its attempts, and walks them under one
 //! deadline until a target answers something worth returning; then streams that answer back
 //! with headers saying what served it. A final failure lists every attempt.
+//!
+//! Requests and answers travel as HTTP/1.1 bytes ([`crate::h1`]): the request head is written
+//! to the upstream straight from the client's parsed head (hop-by-hop fields dropped), and the
+//! answer's head is rewritten the same way on its way back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ballast_api::routing::{AttemptReport, RouteKind, RouterErrorBody, RouterErrorDetail, OPENAI_PATHS};
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, StatusCode};
+use tokio::net::TcpStream;
 
-use crate::body::{read_bounded, ProxyBody, RequestBody, ResponseBody, UpstreamBody};
+use crate::body::{ClientBody, RequestBody};
 use crate::error::{ErrorKind, RouterError};
+use crate::h1::{self, BodyDecoder, Framing, Piece, RequestHead, ResponseHead};
 use crate::health::{FailureEffect, TargetHealth};
 use crate::select::{self, Candidate};
 use crate::state::{Active, Shared};
 use crate::table::{RouteRt, TargetRt};
+use crate::upstream::{Answer, Conn, Outgoing, PoolKey};
+use crate::wire::Wire;
 
 /// Response header: the route that served.
 pub const H_ROUTE: &str = "x-ballast-route";
@@ -28,51 +35,16 @@ pub const H_REGION: &str = "x-ballast-region";
 /// Response header: how many attempts the request took.
 pub const H_ATTEMPTS: &str = "x-ballast-attempts";
 
-const N_ROUTE: HeaderName = HeaderName::from_static(H_ROUTE);
-const N_TARGET: HeaderName = HeaderName::from_static(H_TARGET);
-const N_MODEL_VERSION: HeaderName = HeaderName::from_static(H_MODEL_VERSION);
-const N_REGION: HeaderName = HeaderName::from_static(H_REGION);
-const N_ATTEMPTS: HeaderName = HeaderName::from_static(H_ATTEMPTS);
+/// Request fields the router sets itself (besides the hop-by-hop ones it never forwards).
+const REQUEST_OWN: [&str; 4] = ["host", "content-length", "expect", "transfer-encoding"];
 
-/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), with the
-/// legacy `keep-alive` and `proxy-connection`.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
-    }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-}
+/// The client's connection.
+pub(crate) type ClientWire = Wire<TcpStream>;
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
 #[must_use]
-pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let s = value.to_str().ok()?.trim();
+pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let s = std::str::from_utf8(value).ok()?.trim();
     if let Ok(secs) = s.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -109,16 +81,34 @@ impl Drop for ProbeGuard {
     }
 }
 
-/// Proxies one request (everything but the router's own endpoints).
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<ResponseBody> {
+/// One request on a client connection, as the proxy serves it.
+pub(crate) struct Exchange<'a> {
+    /// The request head.
+    pub head: &'a RequestHead,
+    /// Its body, still on the connection.
+    pub body: &'a mut ClientBody,
+    /// The connection.
+    pub client: &'a mut ClientWire,
+    /// The client wants the connection kept and the router is not draining.
+    pub keep_alive: bool,
+    /// The connection's scratch buffer for encoding (kept across its requests).
+    pub buf: &'a mut Vec<u8>,
+}
+
+impl Exchange<'_> {
+    /// Whether the connection can take another request after this answer.
+    fn keep(&self) -> bool {
+        self.keep_alive && self.body.is_done()
+    }
+}
+
+/// Proxies one request (everything but the router's own endpoints) and writes the answer.
+/// Returns whether the client connection can take another request.
+pub(crate) async fn handle(shared: &Arc<Shared>, ex: &mut Exchange<'_>) -> bool {
     let started = Instant::now();
     // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
     let active = shared.active();
-    let (parts, body) = req.into_parts();
-    let routed = match find_route(&shared, &active, &parts.method, &parts.uri, body).await {
+    let routed = match find_route(shared, &active, ex).await {
         Ok(r) => r,
         Err(e) => {
             shared
@@ -126,45 +116,54 @@ pub(crate) async fn handle(
                 .requests
                 .with(&["", e.http_status().as_str()])
                 .inc();
-            return error_response(&e, None, &[]);
+            return write_error(ex, &e, None, &[], None).await;
         }
     };
     let route = Arc::clone(&routed.route);
-    let mut resp = forward(&shared, &active, routed, parts, started).await;
     let name = route.spec.name.as_str();
-    if !resp.headers().contains_key(&N_ROUTE) {
-        resp.headers_mut().insert(N_ROUTE, header_value(name));
-    }
+    let outcome = forward(shared, &active, &routed, ex, started).await;
     let m = &shared.metrics;
-    if resp.status() == StatusCode::OK {
+    let status = match &outcome {
+        Outcome::Served(s) => StatusCode::from_u16(s.winner.head.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        Outcome::Failed { err, .. } => err.http_status(),
+    };
+    if status == StatusCode::OK {
         route.metrics.requests_ok.get(&m.requests, &[name, "200"]).inc();
     } else {
-        m.requests.with(&[name, resp.status().as_str()]).inc();
+        m.requests.with(&[name, status.as_str()]).inc();
     }
     route
         .metrics
         .duration
         .get(&m.request_duration, &[name])
         .observe(started.elapsed());
-    resp
+    match outcome {
+        Outcome::Served(served) => stream_response(shared, served, ex).await,
+        Outcome::Failed {
+            err,
+            attempts,
+            reports,
+        } => write_error(ex, &err, Some(attempts), &reports, Some(name)).await,
+    }
 }
 
-async fn find_route(
-    shared: &Shared,
-    active: &Active,
-    method: &Method,
-    uri: &Uri,
-    body: hyper::body::Incoming,
-) -> Result<Routed, RouterError> {
-    let path = uri.path();
-    if method == Method::POST && OPENAI_PATHS.contains(&path) {
+fn client_body_error(e: &crate::body::BodyError) -> RouterError {
+    RouterError::new(
+        ErrorKind::ClientBody,
+        format!("cannot read the request body: {e}"),
+    )
+}
+
+async fn find_route(shared: &Shared, active: &Active, ex: &mut Exchange<'_>) -> Result<Routed, RouterError> {
+    let head = ex.head;
+    let path = head.path();
+    if head.method == Method::POST && OPENAI_PATHS.contains(&path) {
         let limit = shared.config.max_openai_body_bytes;
-        let body = read_bounded(body, limit).await.map_err(|e| {
-            RouterError::new(
-                ErrorKind::ClientBody,
-                format!("cannot read the request body: {e}"),
-            )
-        })?;
+        let body = ex
+            .body
+            .read_bounded(ex.client, limit)
+            .await
+            .map_err(|e| client_body_error(&e))?;
         let RequestBody::Full(bytes) = &body else {
             return Err(RouterError::new(
                 ErrorKind::BodyTooLarge,
@@ -194,16 +193,15 @@ async fn find_route(
     let route = active.table.prefix_match(path).ok_or_else(|| {
         RouterError::new(
             ErrorKind::UnknownRoute,
-            format!("no route matches {method} {path}"),
+            format!("no route matches {} {path}", head.method),
         )
     })?;
     let limit = usize::try_from(route.spec.retry.replay_buffer_bytes).unwrap_or(usize::MAX);
-    let body = read_bounded(body, limit).await.map_err(|e| {
-        RouterError::new(
-            ErrorKind::ClientBody,
-            format!("cannot read the request body: {e}"),
-        )
-    })?;
+    let body = ex
+        .body
+        .read_bounded(ex.client, limit)
+        .await
+        .map_err(|e| client_body_error(&e))?;
     Ok(Routed {
         route: Arc::clone(route),
         body,
@@ -211,9 +209,9 @@ async fn find_route(
     })
 }
 
-/// The path and query sent to a target (origin form).
-fn upstream_uri(target: &TargetRt, route: &RouteRt, uri: &Uri) -> Result<Uri, RouterError> {
-    let path = uri.path();
+/// Appends the path and query sent to a target (origin form).
+fn put_upstream_target(out: &mut Vec<u8>, target: &TargetRt, route: &RouteRt, head: &RequestHead) {
+    let path = head.path();
     let rest = match (
         &route.spec.kind,
         route.spec.strip_prefix,
@@ -225,26 +223,27 @@ fn upstream_uri(target: &TargetRt, route: &RouteRt, uri: &Uri) -> Result<Uri, Ro
         }
         _ => path,
     };
-    let mut pq = String::with_capacity(target.base_path.len() + rest.len() + 16);
-    pq.push_str(&target.base_path);
+    out.extend_from_slice(target.base_path.as_bytes());
     if !rest.starts_with('/') {
-        pq.push('/');
+        out.push(b'/');
     }
-    pq.push_str(rest);
-    if let Some(q) = uri.query() {
-        pq.push('?');
-        pq.push_str(q);
+    out.extend_from_slice(rest.as_bytes());
+    if let Some(q) = head.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
     }
-    // Origin form (path and query only): the authority goes in `Host`.
-    Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| RouterError::new(ErrorKind::Internal, format!("cannot build the upstream URI: {e}")))
 }
 
 /// The body for a candidate: openai bodies get the model the target knows.
-fn body_for(cand: &Candidate, requested_model: Option<&str>, body: &RequestBody) -> ProxyBody {
-    if let (Some(requested), RequestBody::Full(bytes)) = (requested_model, body) {
+fn body_for<'b>(
+    cand: &Candidate,
+    requested_model: Option<&str>,
+    body: &'b RequestBody,
+) -> std::borrow::Cow<'b, [u8]> {
+    let bytes = match body {
+        RequestBody::Full(b) | RequestBody::Partial(b) => b,
+    };
+    if let (Some(requested), RequestBody::Full(_)) = (requested_model, body) {
         let wanted = cand
             .target
             .spec
@@ -255,39 +254,109 @@ fn body_for(cand: &Candidate, requested_model: Option<&str>, body: &RequestBody)
             if let Ok(mut map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
                 map.insert("model".to_owned(), serde_json::Value::String(wanted.to_owned()));
                 if let Ok(v) = serde_json::to_vec(&map) {
-                    return ProxyBody::Full(Some(Bytes::from(v)));
+                    return std::borrow::Cow::Owned(v);
                 }
             }
         }
     }
-    ProxyBody::for_attempt(body)
+    std::borrow::Cow::Borrowed(bytes.as_ref())
 }
 
-/// A response that will be returned to the client.
+/// Encodes the request for one attempt: head, and the whole body (or the buffered start of a
+/// streamed one). Returns whether the rest of a streamed body follows chunked.
+fn encode_request(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    cand: &Candidate,
+    body: &[u8],
+    streamed: Option<Framing>,
+) -> Option<bool> {
+    out.clear();
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    put_upstream_target(out, &cand.target, &cand.route, head);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = &cand.target.host {
+        h1::put_field(out, b"host", h.as_bytes());
+    }
+    for (name, value) in h1::forwardable(&head.fields, &REQUEST_OWN) {
+        h1::put_field(out, name, value);
+    }
+    let rest_chunked = match streamed {
+        None => {
+            let had_body = !matches!(head.framing(), Ok(Framing::Length(0)));
+            if had_body || !body.is_empty() {
+                out.extend_from_slice(b"content-length: ");
+                h1::put_u64(out, body.len() as u64);
+                out.extend_from_slice(b"\r\n");
+            }
+            None
+        }
+        Some(Framing::Length(total)) => {
+            out.extend_from_slice(b"content-length: ");
+            h1::put_u64(out, total);
+            out.extend_from_slice(b"\r\n");
+            Some(false)
+        }
+        Some(_) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Some(true)
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    match rest_chunked {
+        Some(true) if !body.is_empty() => h1::put_chunk(out, body),
+        Some(true) => {}
+        _ => out.extend_from_slice(body),
+    }
+    rest_chunked
+}
+
+/// An answer that will be returned to the client.
 struct Winner {
-    parts: http::response::Parts,
-    first: Option<http_body::Frame<Bytes>>,
-    body: hyper::body::Incoming,
-    conn: Box<crate::upstream::Conn>,
+    head: ResponseHead,
+    framing: Framing,
+    decoder: BodyDecoder,
+    first: Option<Bytes>,
+    conn: Box<Conn>,
+    request_sent: bool,
 }
 
-#[allow(clippy::too_many_lines)]
+/// The answer that won, and what served it.
+struct Served {
+    winner: Winner,
+    route: Arc<RouteRt>,
+    target: Arc<TargetRt>,
+    attempts: usize,
+}
+
+/// How a request ended.
+enum Outcome {
+    Served(Served),
+    Failed {
+        err: RouterError,
+        attempts: usize,
+        reports: Vec<AttemptReport>,
+    },
+}
+
 async fn forward(
     shared: &Arc<Shared>,
     active: &Active,
-    routed: Routed,
-    mut parts: http::request::Parts,
+    routed: &Routed,
+    ex: &mut Exchange<'_>,
     started: Instant,
-) -> Response<ResponseBody> {
+) -> Outcome {
     let route = &routed.route;
     let spec = &route.spec;
+    let head = ex.head;
     let now = Instant::now();
     let deadline = started + Duration::from_millis(spec.timeouts.deadline_ms);
     let plan = select::plan(
         &active.table,
         route,
         &shared.config.region,
-        &parts.headers,
+        &head.fields,
         rand::random::<u64>(),
         now,
     );
@@ -303,14 +372,30 @@ async fn forward(
         shared.metrics.panic_routing.with(&[r]).inc();
     }
     spec_budget(route).record_request(now, &spec.retry);
+    let streamed = match &routed.body {
+        RequestBody::Full(_) => None,
+        RequestBody::Partial(_) => Some(ex.body.framing()),
+    };
+    let mut bytes = std::mem::take(ex.buf);
+    let outcome = walk(shared, routed, ex, &plan, deadline, streamed, &mut bytes).await;
+    *ex.buf = bytes;
+    outcome
+}
 
-    let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    if matches!(routed.body, RequestBody::Full(_)) {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-
+/// Tries the plan's candidates in turn.
+#[allow(clippy::too_many_lines)]
+async fn walk(
+    shared: &Arc<Shared>,
+    routed: &Routed,
+    ex: &mut Exchange<'_>,
+    plan: &select::Plan,
+    deadline: Instant,
+    streamed: Option<Framing>,
+    bytes: &mut Vec<u8>,
+) -> Outcome {
+    let route = &routed.route;
+    let spec = &route.spec;
+    let head = ex.head;
     let mut reports: Vec<AttemptReport> = Vec::new();
     let mut stop: Option<RouterError> = None;
     let mut last: Option<RouterError> = None;
@@ -320,14 +405,12 @@ async fn forward(
             break;
         }
         if attempt_no > 0 {
-            if let RequestBody::Partial(src) = &routed.body {
-                if src.started() {
-                    stop = Some(RouterError::new(
-                        ErrorKind::UpstreamIo,
-                        "the request body was larger than the replay buffer and had started to flow; not retried",
-                    ));
-                    break;
-                }
+            if streamed.is_some() && ex.body.started() {
+                stop = Some(RouterError::new(
+                    ErrorKind::UpstreamIo,
+                    "the request body was larger than the replay buffer and had started to flow; not retried",
+                ));
+                break;
             }
             if !route.state.budget.try_retry(Instant::now(), &spec.retry) {
                 shared.metrics.retry_budget_exhausted.with(&[&spec.name]).inc();
@@ -361,24 +444,9 @@ async fn forward(
         } else {
             (per_attempt, false)
         };
-        let uri = match upstream_uri(&cand.target, &cand.route, &parts.uri) {
-            Ok(u) => u,
-            Err(e) => {
-                stop = Some(e);
-                break;
-            }
-        };
-        let result = attempt(
-            shared,
-            cand,
-            &parts.method,
-            uri,
-            &headers,
-            || body_for(cand, routed.model.as_deref(), &routed.body),
-            limit,
-            by_deadline,
-        )
-        .await;
+        let body = body_for(cand, routed.model.as_deref(), &routed.body);
+        let rest_chunked = encode_request(bytes, head, cand, &body, streamed);
+        let result = attempt(shared, cand, ex, bytes, rest_chunked, limit, by_deadline).await;
         let elapsed = now.elapsed();
         let target_id = cand.target.spec.id.as_str();
         cand.target
@@ -407,7 +475,12 @@ async fn forward(
                         .with(&[&spec.name, &cand.route.spec.name])
                         .inc();
                 }
-                return success_response(shared, cand, winner, attempt_no + 1);
+                return Outcome::Served(Served {
+                    winner,
+                    route: Arc::clone(&cand.route),
+                    target: Arc::clone(&cand.target),
+                    attempts: attempt_no + 1,
+                });
             }
             Err(e) => {
                 guard.disarm();
@@ -416,16 +489,18 @@ async fn forward(
                     .attempts
                     .with(&[&cand.route.spec.name, target_id, e.attempt_class().as_str()])
                     .inc();
-                let client_fault = matches!(&routed.body, RequestBody::Partial(src) if src.client_failed());
-                if client_fault {
+                if ex.body.client_failed() {
                     if cand.probe {
                         cand.target.health.abandon_probe();
                     }
-                    let e = RouterError::new(
-                        ErrorKind::ClientBody,
-                        "the request body broke while it was forwarded",
-                    );
-                    return error_response(&e, Some(attempt_no + 1), &reports);
+                    return Outcome::Failed {
+                        err: RouterError::new(
+                            ErrorKind::ClientBody,
+                            "the request body broke while it was forwarded",
+                        ),
+                        attempts: attempt_no + 1,
+                        reports,
+                    };
                 }
                 let now = Instant::now();
                 if e.counts_against_target() {
@@ -488,7 +563,11 @@ async fn forward(
         ),
     };
     tracing::warn!(route = %spec.name, attempts, code = err.code(), "request failed");
-    error_response(&err, Some(attempts), &reports)
+    Outcome::Failed {
+        err,
+        attempts,
+        reports,
+    }
 }
 
 fn spec_budget(route: &RouteRt) -> &crate::budget::RetryBudget {
@@ -518,69 +597,70 @@ pub(crate) fn record_target_failure(shared: &Shared, route: &RouteRt, target: &T
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Shared,
     cand: &Candidate,
-    method: &Method,
-    uri: Uri,
-    headers: &HeaderMap,
-    body: impl Fn() -> ProxyBody,
+    ex: &mut Exchange<'_>,
+    bytes: &[u8],
+    rest_chunked: Option<bool>,
     limit: Duration,
     by_deadline: bool,
 ) -> Result<Winner, RouterError> {
-    let host = cand.target.host.as_ref();
-    let build = || {
-        let mut req = Request::new(body());
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers.clone();
-        if let Some(h) = host {
-            req.headers_mut().insert(header::HOST, h.clone());
-        }
-        req
-    };
-    let key = crate::upstream::PoolKey::new(&cand.target.scheme, &cand.target.authority);
+    let key = PoolKey::new(&cand.target.scheme, &cand.target.authority);
     let connect_ms = cand.route.spec.timeouts.connect_ms;
+    let method = &ex.head.method;
+    let (body, client) = (&mut *ex.body, &mut *ex.client);
     let work = async {
-        let (resp, mut conn) = shared
-            .pool
-            .send(&key, connect_ms, build(), || Some(build()))
-            .await?;
-        let status = resp.status();
-        if status.is_server_error() {
+        let out = Outgoing {
+            bytes,
+            rest: rest_chunked.map(|chunked| (body, client, chunked)),
+        };
+        let Answer {
+            head,
+            mut conn,
+            request_sent,
+        } = shared.pool.exchange(&key, connect_ms, out).await?;
+        let status = head.status;
+        if status >= 500 {
             return Err(
                 RouterError::new(ErrorKind::UpstreamStatus, format!("upstream answered {status}"))
-                    .with_status(status.as_u16()),
+                    .with_status(status),
             );
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == 429 {
             let mut e = RouterError::new(ErrorKind::RateLimited, "upstream answered 429").with_status(429);
-            e.retry_after = resp
-                .headers()
-                .get(header::RETRY_AFTER)
+            e.retry_after = head
+                .fields
+                .get("retry-after")
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             return Err(e);
         }
-        let (parts, mut body) = resp.into_parts();
-        let frame =
-            std::future::poll_fn(|cx| crate::upstream::poll_body_frame(Some(&mut conn), &mut body, cx)).await;
-        let first = match frame {
-            None => None,
-            Some(Ok(f)) => Some(f),
-            Some(Err(e)) => {
+        let framing = head.framing(method).map_err(|e| {
+            RouterError::new(
+                ErrorKind::UpstreamIo,
+                format!("the upstream's answer is not valid HTTP/1.1: {e}"),
+            )
+            .with_status(status)
+        })?;
+        let mut decoder = BodyDecoder::new(framing);
+        let first = match crate::upstream::next_piece(&mut conn, &mut decoder).await {
+            Ok(Piece::Data(b)) => Some(b),
+            Ok(Piece::End) => None,
+            Err(e) => {
                 return Err(RouterError::new(
                     ErrorKind::UpstreamIo,
                     format!("the response broke before its first byte: {e}"),
                 )
-                .with_status(parts.status.as_u16()))
+                .with_status(status))
             }
         };
         Ok(Winner {
-            parts,
+            head,
+            framing,
+            decoder,
             first,
-            body,
             conn,
+            request_sent,
         })
     };
     match tokio::time::timeout(limit, work).await {
@@ -596,56 +676,166 @@ async fn attempt(
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+/// Appends a piece of the answer's body, chunk-encoded when `chunked`.
+fn put_piece(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        h1::put_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
+    }
 }
 
-fn success_response(
-    shared: &Arc<Shared>,
-    cand: &Candidate,
-    winner: Winner,
-    attempts: usize,
-) -> Response<ResponseBody> {
+/// Writes the winning answer to the client and streams its body; returns whether the client
+/// connection can take another request.
+async fn stream_response(shared: &Arc<Shared>, served: Served, ex: &mut Exchange<'_>) -> bool {
+    let Served {
+        winner,
+        route,
+        target,
+        attempts,
+    } = served;
     let Winner {
-        mut parts,
+        head,
+        framing,
+        mut decoder,
         first,
-        body,
-        conn,
+        mut conn,
+        request_sent,
     } = winner;
-    strip_hop_by_hop(&mut parts.headers);
-    let h = &mut parts.headers;
-    let [route, target, version, region] = &cand.target.served_by;
-    h.insert(N_ROUTE, route.clone());
-    h.insert(N_TARGET, target.clone());
-    h.insert(N_MODEL_VERSION, version.clone());
-    h.insert(N_REGION, region.clone());
-    h.insert(N_ATTEMPTS, HeaderValue::from(attempts));
-    let on_error = {
-        let shared = Arc::clone(shared);
-        let route = Arc::clone(&cand.route);
-        let target = Arc::clone(&cand.target);
-        Box::new(move || {
-            tracing::warn!(route = %route.spec.name, target = %target.spec.id, "response stream broke (or went idle) after it started");
-            shared.metrics.stream_errors.with(&[&target.spec.id]).inc();
-            record_target_failure(&shared, &route, &target, Instant::now());
-        })
+    let upstream_keep = head.keep_alive() && request_sent;
+    let mut keep = ex.keep();
+    // A body of unknown length goes out chunked to HTTP/1.1 clients; an HTTP/1.0 client reads
+    // it until the connection closes.
+    let chunked = match framing {
+        Framing::Length(_) => false,
+        Framing::Chunked | Framing::UntilClose => {
+            if ex.head.minor == 0 {
+                keep = false;
+            }
+            ex.head.minor >= 1
+        }
     };
-    let idle = cand
-        .route
+    let mut out = std::mem::take(ex.buf);
+    out.clear();
+    h1::put_status_line(&mut out, head.status, head.reason());
+    let drop_length: &[&str] = if chunked { &["content-length"] } else { &[] };
+    for (name, value) in h1::forwardable(&head.fields, drop_length) {
+        h1::put_field(&mut out, name, value);
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    let [r, t, v, g] = &target.served_by;
+    h1::put_field(&mut out, H_ROUTE.as_bytes(), r.as_bytes());
+    h1::put_field(&mut out, H_TARGET.as_bytes(), t.as_bytes());
+    h1::put_field(&mut out, H_MODEL_VERSION.as_bytes(), v.as_bytes());
+    h1::put_field(&mut out, H_REGION.as_bytes(), g.as_bytes());
+    out.extend_from_slice(H_ATTEMPTS.as_bytes());
+    out.extend_from_slice(b": ");
+    h1::put_u64(&mut out, attempts as u64);
+    out.extend_from_slice(b"\r\n");
+    put_connection(&mut out, ex.head.minor, keep);
+    out.extend_from_slice(b"\r\n");
+    if let Some(first) = &first {
+        put_piece(&mut out, first, chunked);
+    }
+    let idle = route
         .spec
         .timeouts
         .stream_idle_ms
         .map_or(shared.config.stream_idle_timeout, Duration::from_millis);
-    let upstream = UpstreamBody::new(first, body, idle, on_error).with_conn(conn, Arc::clone(&shared.pool));
-    Response::from_parts(parts, ResponseBody::Upstream(upstream))
+    let mut client_ok = true;
+    loop {
+        if decoder.is_done() && chunked {
+            out.extend_from_slice(h1::LAST_CHUNK);
+        }
+        if !out.is_empty() && ex.client.write_all(&out).await.is_err() {
+            client_ok = false;
+            break;
+        }
+        out.clear();
+        if decoder.is_done() {
+            break;
+        }
+        match tokio::time::timeout(idle, crate::upstream::next_piece(&mut conn, &mut decoder)).await {
+            Ok(Ok(Piece::Data(b))) => put_piece(&mut out, &b, chunked),
+            Ok(Ok(Piece::End)) => {
+                // Only a body that lasts until the connection closes ends this way.
+                if chunked {
+                    out.extend_from_slice(h1::LAST_CHUNK);
+                }
+                if !out.is_empty() && ex.client.write_all(&out).await.is_err() {
+                    client_ok = false;
+                }
+                break;
+            }
+            Ok(Err(why)) => {
+                stream_broke(shared, &route, &target, &why);
+                return false;
+            }
+            Err(_) => {
+                let why = format!(
+                    "no data from the upstream for {} ms; stream cut",
+                    idle.as_millis()
+                );
+                stream_broke(shared, &route, &target, &why);
+                return false;
+            }
+        }
+    }
+    if upstream_keep && decoder.is_done() {
+        shared.pool.checkin(conn);
+    }
+    out.clear();
+    *ex.buf = out;
+    client_ok && keep
+}
+
+fn stream_broke(shared: &Shared, route: &RouteRt, target: &TargetRt, why: &str) {
+    tracing::warn!(route = %route.spec.name, target = %target.spec.id, error = why, "response stream broke (or went idle) after it started");
+    shared.metrics.stream_errors.with(&[&target.spec.id]).inc();
+    record_target_failure(shared, route, target, Instant::now());
+}
+
+/// Appends the `Connection` field an answer needs: `close` when the connection ends after it,
+/// `keep-alive` for an HTTP/1.0 client whose connection stays.
+pub(crate) fn put_connection(out: &mut Vec<u8>, minor: u8, keep: bool) {
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// Writes a complete answer held in memory; returns whether the connection can go on.
+pub(crate) async fn write_full(
+    client: &mut ClientWire,
+    minor: u8,
+    keep: bool,
+    status: StatusCode,
+    fields: &[(&[u8], &[u8])],
+    body: &[u8],
+) -> bool {
+    let mut out = Vec::with_capacity(256 + body.len());
+    h1::put_status_line(&mut out, status.as_u16(), "");
+    for (n, v) in fields {
+        h1::put_field(&mut out, n, v);
+    }
+    out.extend_from_slice(b"content-length: ");
+    h1::put_u64(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    put_connection(&mut out, minor, keep);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    client.write_all(&out).await.is_ok() && keep
 }
 
 /// The router's own error answer, with every attempt listed.
-pub(crate) fn error_response(
-    err: &RouterError,
-    attempts: Option<usize>,
-    reports: &[AttemptReport],
-) -> Response<ResponseBody> {
+#[must_use]
+pub fn error_body(err: &RouterError, reports: &[AttemptReport]) -> Vec<u8> {
     let body = RouterErrorBody {
         error: RouterErrorDetail {
             code: err.code().to_owned(),
@@ -654,15 +844,27 @@ pub(crate) fn error_response(
             attempts: reports.to_vec(),
         },
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut resp = Response::new(ResponseBody::full(bytes));
-    *resp.status_mut() = err.http_status();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(n) = attempts {
-        resp.headers_mut().insert(N_ATTEMPTS, HeaderValue::from(n));
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+async fn write_error(
+    ex: &mut Exchange<'_>,
+    err: &RouterError,
+    attempts: Option<usize>,
+    reports: &[AttemptReport],
+    route: Option<&str>,
+) -> bool {
+    let body = error_body(err, reports);
+    let n = attempts.map(|a| a.to_string());
+    let mut fields: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
+    if let Some(n) = &n {
+        fields.push((H_ATTEMPTS.as_bytes(), n.as_bytes()));
     }
-    resp
+    if let Some(r) = route {
+        fields.push((H_ROUTE.as_bytes(), r.as_bytes()));
+    }
+    let keep = ex.keep();
+    write_full(ex.client, ex.head.minor, keep, err.http_status(), &fields, &body).await
 }
 
 #[cfg(test)]
@@ -671,30 +873,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-keep", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
-
-    #[test]
     fn retry_after_takes_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(
-            parse_retry_after(&HeaderValue::from_static("7"), now),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(parse_retry_after(b"7", now), Some(Duration::from_secs(7)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
         assert_eq!(
-            parse_retry_after(&HeaderValue::from_str(&date).unwrap(), now),
+            parse_retry_after(date.as_bytes(), now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon"), now), None);
+        assert_eq!(parse_retry_after(b"soon", now), None);
     }
 }

@@ -77,10 +77,28 @@ fn order_by_score<T>(items: &mut [T], score: impl Fn(&T) -> f64) {
 }
 
 /// The key that orders targets for one route: the sticky header's hash, or a random one.
-fn route_key(route: &RouteRt, headers: &HeaderMap, random: u64) -> u64 {
+fn route_key(route: &RouteRt, headers: &dyn HeaderLookup, random: u64) -> u64 {
     headers
-        .get(route.spec.sticky_header.as_str())
-        .map_or(random, |v| hash64(&[route.spec.name.as_bytes(), v.as_bytes()]))
+        .header(route.spec.sticky_header.as_str())
+        .map_or(random, |v| hash64(&[route.spec.name.as_bytes(), v]))
+}
+
+/// A request's header fields, as planning reads them (the sticky-session header).
+pub trait HeaderLookup {
+    /// The first value of `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
+impl HeaderLookup for crate::h1::Fields {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name)
+    }
 }
 
 /// Builds the plan for a request to `route`.
@@ -88,7 +106,7 @@ pub fn plan(
     table: &Table,
     route: &Arc<RouteRt>,
     region: &str,
-    headers: &HeaderMap,
+    headers: &dyn HeaderLookup,
     random: u64,
     now: Instant,
 ) -> Plan {
@@ -130,7 +148,7 @@ pub fn plan(
 fn plan_route(
     route: &Arc<RouteRt>,
     region: &str,
-    headers: &HeaderMap,
+    headers: &dyn HeaderLookup,
     random: u64,
     now: Instant,
     force_all: bool,

@@ -11,23 +11,22 @@
 //! serving (idle keep-alive connections are closed), and after the grace period closes what is
 //! left.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
-use crate::body::ResponseBody;
+use crate::body::{ClientBody, RequestBody};
+use crate::error::{ErrorKind, RouterError};
+use crate::h1::{self, H1Error, RequestHead};
+use crate::proxy::{ClientWire, Exchange};
 use crate::state::Shared;
+use crate::wire::Wire;
 
 /// Whether `path` is one of the router's own endpoints (which take precedence over prefix
 /// routes). Anything else is proxied.
@@ -48,6 +47,17 @@ struct Front {
     admin: axum::Router,
 }
 
+/// Largest request body the router's own endpoints read.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// How long a kept-alive connection may sit idle between requests.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(300);
+/// How long a client has to complete a request head once it started sending it.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for the client to stop sending (so the last answer is
+/// not lost to a reset), and how much it reads meanwhile at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
 impl Front {
     fn new(shared: Arc<Shared>) -> Arc<Self> {
         let admin = axum::Router::new()
@@ -62,44 +72,186 @@ impl Front {
         Arc::new(Self { shared, admin })
     }
 
-    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
-        if is_own_endpoint(req.uri().path()) {
-            return match self.admin.clone().oneshot(req).await {
-                Ok(resp) => resp.map(ResponseBody::Admin),
-                Err(never) => match never {},
-            };
+    /// Answers a request for one of the router's own endpoints.
+    async fn own_endpoint(
+        &self,
+        head: &RequestHead,
+        body: &mut ClientBody,
+        wire: &mut ClientWire,
+        keep: bool,
+    ) -> bool {
+        let bytes = match body.read_bounded(wire, MAX_ADMIN_BODY).await {
+            Ok(RequestBody::Full(b)) => b,
+            Ok(RequestBody::Partial(_)) => {
+                let e = RouterError::new(
+                    ErrorKind::BodyTooLarge,
+                    format!("the request body is larger than {MAX_ADMIN_BODY} bytes"),
+                );
+                return refuse(wire, head.minor, e.http_status(), &e).await;
+            }
+            Err(e) => {
+                let e = RouterError::new(
+                    ErrorKind::ClientBody,
+                    format!("cannot read the request body: {e}"),
+                );
+                return refuse(wire, head.minor, e.http_status(), &e).await;
+            }
+        };
+        let mut req = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.target());
+        for (name, value) in head.fields.iter() {
+            req = req.header(name, value);
         }
-        crate::proxy::handle(Arc::clone(&self.shared), req).await
+        let req = match req.body(axum::body::Body::from(bytes)) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = RouterError::new(ErrorKind::InvalidRequest, format!("malformed request: {e}"));
+                return refuse(wire, head.minor, e.http_status(), &e).await;
+            }
+        };
+        let resp = match self.admin.clone().oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        let (parts, body) = resp.into_parts();
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let e = RouterError::new(ErrorKind::Internal, format!("cannot produce the answer: {e}"));
+                return refuse(wire, head.minor, e.http_status(), &e).await;
+            }
+        };
+        let fields: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "transfer-encoding" | "connection"))
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let body: &[u8] = if head.method == http::Method::HEAD {
+            &[]
+        } else {
+            &bytes
+        };
+        crate::proxy::write_full(wire, head.minor, keep, parts.status, &fields, body).await
     }
 }
 
-/// Resolves once `rx` says "drain" (never, if its sender is gone without saying so).
-async fn drained(mut rx: watch::Receiver<bool>) {
-    if rx.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
+/// Answers a request the router refuses before routing it, and ends the connection.
+async fn refuse(wire: &mut ClientWire, minor: u8, status: http::StatusCode, err: &RouterError) -> bool {
+    let body = crate::proxy::error_body(err, &[]);
+    let fields: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/json")];
+    crate::proxy::write_full(wire, minor, false, status, &fields, &body).await
+}
+
+/// Reads the next request head; `None` when the connection closed, went idle too long, or the
+/// router is draining and no request is under way.
+async fn next_head(
+    wire: &mut ClientWire,
+    drain: &mut watch::Receiver<bool>,
+    timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<Option<RequestHead>, H1Error> {
+    let mut armed = false;
+    loop {
+        if !wire.rbuf.is_empty() {
+            if let Some(head) = h1::parse_request(&mut wire.rbuf)? {
+                return Ok(Some(head));
+            }
+        }
+        let idle = wire.rbuf.is_empty();
+        if !armed || !idle {
+            let wait = if idle { KEEP_ALIVE_IDLE } else { HEAD_TIMEOUT };
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            armed = true;
+        }
+        let read = tokio::select! {
+            biased;
+            r = wire.fill() => r,
+            _ = drain.wait_for(|d| *d), if idle => return Ok(None),
+            () = timer.as_mut() => return Ok(None),
+        };
+        match read {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
     }
+}
+
+/// Closes a client connection without losing the last answer: stops writing, then reads
+/// (and discards) what the client still sends for a moment, so closing does not reset the
+/// connection under an answer the client has not read yet.
+async fn linger_close(mut wire: ClientWire) {
+    use tokio::io::AsyncWriteExt as _;
+    if wire.io.shutdown().await.is_err() {
+        return;
+    }
+    let discard = async {
+        let mut seen = 0usize;
+        while seen < LINGER_BYTES {
+            wire.rbuf.clear();
+            match wire.fill().await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// Serves one connection until it closes, or until `drain` (then it finishes the request under
 /// way and closes).
-async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, drain: watch::Receiver<bool>) {
+async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, mut drain: watch::Receiver<bool>) {
     // Answers go out at once (no Nagle delay behind a previous small write).
     let _ = tcp.set_nodelay(true);
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let front = Arc::clone(&front);
-        async move { Ok::<_, Infallible>(front.answer(req).await) }
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "client connection ended with an error");
+    let mut wire = Wire::new(tcp);
+    let mut buf = Vec::with_capacity(1024);
+    let timer = tokio::time::sleep(KEEP_ALIVE_IDLE);
+    tokio::pin!(timer);
+    loop {
+        let head = match next_head(&mut wire, &mut drain, &mut timer).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let status = if e == H1Error::HeadTooLarge {
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                } else {
+                    http::StatusCode::BAD_REQUEST
+                };
+                let err = RouterError::new(ErrorKind::InvalidRequest, e.to_string());
+                refuse(&mut wire, 1, status, &err).await;
+                return linger_close(wire).await;
             }
-        }
-        () = drained(drain) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        };
+        let framing = match head.framing() {
+            Ok(f) => f,
+            Err(e) => {
+                let status = if e == H1Error::UnsupportedCoding {
+                    http::StatusCode::NOT_IMPLEMENTED
+                } else {
+                    http::StatusCode::BAD_REQUEST
+                };
+                let err = RouterError::new(ErrorKind::InvalidRequest, e.to_string());
+                refuse(&mut wire, head.minor, status, &err).await;
+                return linger_close(wire).await;
+            }
+        };
+        let keep_alive = head.keep_alive() && !*drain.borrow();
+        let expect_continue = head.minor >= 1 && head.fields.has_token("expect", "100-continue");
+        let mut body = ClientBody::new(framing, expect_continue);
+        let go_on = if is_own_endpoint(head.path()) {
+            front.own_endpoint(&head, &mut body, &mut wire, keep_alive).await
+        } else {
+            let mut ex = Exchange {
+                head: &head,
+                body: &mut body,
+                client: &mut wire,
+                keep_alive,
+                buf: &mut buf,
+            };
+            crate::proxy::handle(&front.shared, &mut ex).await
+        };
+        if !go_on {
+            return linger_close(wire).await;
         }
     }
 }

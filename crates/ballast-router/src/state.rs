@@ -12,13 +12,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::ProxyBody;
 use crate::config::RouterConfig;
 use crate::metrics::Metrics;
 use crate::table::{RouteRt, Runtime, Table, TargetRt};
 
 /// The HTTP client used for upstream calls.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, http_body_util::Empty<bytes::Bytes>>;
 
 /// The snapshot being served, compiled.
 #[derive(Debug)]

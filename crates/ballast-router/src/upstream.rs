@@ -1,40 +1,78 @@
-//! Upstream HTTP/1.1 connections, kept alive in a pool per scheme and authority and driven by
-//! the request that uses them.
+//! Upstream HTTP/1.1 connections, kept alive in a pool per scheme and authority and used by
+//! the request that holds them: the request's own task writes the request, reads the response
+//! head and streams the body (no connection task, no channel, no cross-task wake-up). When the
+//! response was read to its end the connection goes back to the pool.
 //!
-//! A pooled client that runs each connection in a task of its own hands every request and
-//! response across tasks (and often threads): a channel send, a wake-up, a second task poll, and
-//! the same on the way back. Here the request's own task polls the connection while it waits
-//! for the response, and the response body polls it while the body streams to the client; when
-//! the body has been read to its end the connection goes back to the pool. A pooled connection is
-//! checked before reuse (closed by the peer, not ready: dropped), and a request that a reused
-//! connection could not even start to send is sent again on a new connection.
+//! A pooled connection is checked before reuse (closed by the peer, or holding unexpected
+//! bytes: dropped), and a request that a reused connection failed before any byte of an answer
+//! came back is sent once more on a new connection when its body can be sent again.
 
 use std::collections::HashMap;
-use std::future::Future as _;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
-use tower::ServiceExt as _;
+use http::Method;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::ClientBody;
 use crate::error::{ErrorKind, RouterError};
+use crate::h1::{self, BodyDecoder, Piece, ResponseHead};
+use crate::wire::Wire;
 
-/// The transport of an upstream connection: plain TCP or TLS over TCP.
-pub type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
-
-/// Idle connections kept per scheme and authority at most.
+/// Idle connections kept per scheme and authority at most (per pool shard).
 const MAX_IDLE_PER_KEY: usize = 256;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The transport of an upstream connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum Io {
+    /// `http`.
+    Plain(TcpStream),
+    /// `https`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Which connections may serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,64 +93,118 @@ impl PoolKey {
 }
 
 /// One HTTP/1.1 connection to an upstream.
+#[derive(Debug)]
 pub struct Conn {
-    sender: http1::SendRequest<ProxyBody>,
-    conn: http1::Connection<Io, ProxyBody>,
+    /// The stream and its read buffer.
+    pub wire: Wire<Io>,
     key: PoolKey,
-    /// The connection ended (closed by the peer, or failed): never polled or reused again.
-    ended: bool,
     /// Taken from the pool (it served requests before).
     reused: bool,
     idle_since: Instant,
 }
 
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("key", &self.key)
-            .field("ended", &self.ended)
-            .field("reused", &self.reused)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Conn {
-    /// Drives the connection's reads and writes. `Ready` once it has ended.
-    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.ended {
-            return Poll::Ready(());
-        }
-        match self.conn.poll_without_shutdown(cx) {
-            Poll::Ready(_) => {
-                self.ended = true;
-                Poll::Ready(())
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Whether the connection has ended.
-    #[must_use]
-    pub fn ended(&self) -> bool {
-        self.ended
-    }
-
-    /// Whether a pooled connection can take a request now (driving it once first).
-    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.poll_io(cx).is_ready() {
+    /// Whether a pooled connection can take a request: still open, nothing unread on it.
+    async fn usable(&mut self) -> bool {
+        if !self.wire.rbuf.is_empty() {
             return false;
         }
-        matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+        match &self.wire.io {
+            Io::Plain(tcp) => {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Io::Tls(_) => {
+                std::future::poll_fn(|cx| {
+                    let mut probe = [0u8; 1];
+                    let mut rb = ReadBuf::new(&mut probe);
+                    Poll::Ready(Pin::new(&mut self.wire.io).poll_read(cx, &mut rb).is_pending())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reads the head of the response (skipping interim `1xx` answers).
+    ///
+    /// # Errors
+    /// The connection failed or closed first, or the head is malformed.
+    async fn read_head(&mut self) -> Result<ResponseHead, ReadError> {
+        let mut any = false;
+        loop {
+            match h1::parse_response(&mut self.wire.rbuf) {
+                Ok(Some(head)) if head.status == 101 => {
+                    return Err(ReadError::Answered(RouterError::new(
+                        ErrorKind::UpstreamIo,
+                        "the upstream switched protocols, which the router does not proxy",
+                    )))
+                }
+                Ok(Some(head)) if head.status < 200 => {
+                    // An interim answer: the final one may already be in the buffer.
+                    any = true;
+                    continue;
+                }
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ReadError::Answered(RouterError::new(
+                        ErrorKind::UpstreamIo,
+                        format!("the upstream's answer is not valid HTTP/1.1: {e}"),
+                    )))
+                }
+            }
+            any |= !self.wire.rbuf.is_empty();
+            match self.wire.fill().await {
+                Ok(0) if any => {
+                    return Err(ReadError::Answered(RouterError::new(
+                        ErrorKind::UpstreamIo,
+                        "the connection closed in the middle of the response head",
+                    )))
+                }
+                Ok(0) => {
+                    return Err(ReadError::Nothing(
+                        "the connection closed before the request was answered".to_owned(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if any => {
+                    return Err(ReadError::Answered(RouterError::new(
+                        ErrorKind::UpstreamIo,
+                        format!("connection failed: {e}"),
+                    )))
+                }
+                Err(e) => return Err(ReadError::Nothing(format!("connection failed: {e}"))),
+            }
+        }
     }
 }
 
-/// Why a request could not be sent or answered on a connection.
-#[derive(Debug)]
-pub enum SendError {
-    /// The request was never started: safe to send again elsewhere.
-    NotSent(RouterError),
-    /// The request may have reached the upstream.
-    Failed(RouterError),
+/// Why a response head could not be read.
+enum ReadError {
+    /// Nothing came back: the request may be sent again on a fresh connection.
+    Nothing(String),
+    /// Part of an answer came back (or it was not HTTP).
+    Answered(RouterError),
+}
+
+/// The next piece of a response body arriving on `conn`.
+///
+/// # Errors
+/// The connection failed, closed before the body ended, or the body is malformed.
+pub async fn next_piece(conn: &mut Conn, decoder: &mut BodyDecoder) -> Result<Piece, String> {
+    loop {
+        match decoder.decode(&mut conn.wire.rbuf) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match conn.wire.fill().await {
+            Ok(0) if decoder.until_close() => return Ok(Piece::End),
+            Ok(0) => return Err("the upstream connection closed before the response ended".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the upstream connection failed: {e}")),
+        }
+    }
 }
 
 /// Shards of the idle lists: each thread takes and returns connections in its own shard, so a
@@ -131,11 +223,9 @@ fn shard_of_thread() -> usize {
 }
 
 /// The pool of idle upstream connections, shared by every request.
-#[derive(Debug)]
 pub struct Pool {
     idle: Vec<Mutex<IdleMap>>,
-    connectors: Mutex<HashMap<u64, HttpsConnector<HttpConnector>>>,
-    tls: rustls::ClientConfig,
+    tls: tokio_rustls::TlsConnector,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,37 +235,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// A request ready to go: its head (and its whole body, or the buffered start of it) in one
+/// buffer, and the rest of a streamed body still on the client connection.
+pub struct Outgoing<'a, S> {
+    /// Head and buffered body, encoded.
+    pub bytes: &'a [u8],
+    /// The rest of a body larger than the replay buffer, and whether it is sent chunked.
+    pub rest: Option<(&'a mut ClientBody, &'a mut Wire<S>, bool)>,
+}
+
+/// A response head and the connection its body arrives on.
+#[derive(Debug)]
+pub struct Answer {
+    /// The head.
+    pub head: ResponseHead,
+    /// The connection.
+    pub conn: Box<Conn>,
+    /// The whole request went out (else the connection cannot be reused).
+    pub request_sent: bool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
 impl Pool {
     /// An empty pool whose `https` connections use this TLS configuration.
     #[must_use]
-    pub fn new(tls: rustls::ClientConfig) -> Self {
+    pub fn new(mut tls: rustls::ClientConfig) -> Self {
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
             idle: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            connectors: Mutex::new(HashMap::new()),
-            tls,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
         }
     }
 
-    fn connector(&self, connect_ms: u64) -> HttpsConnector<HttpConnector> {
-        lock(&self.connectors)
-            .entry(connect_ms)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_connect_timeout(Some(Duration::from_millis(connect_ms)));
-                http.set_nodelay(true);
-                http.set_keepalive(Some(Duration::from_secs(60)));
-                http.enforce_http(false);
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(self.tls.clone())
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http)
-            })
-            .clone()
-    }
-
-    /// An idle connection for `key` that can take a request now, if the pool has one.
-    async fn take_idle(&self, key: &PoolKey) -> Option<Box<Conn>> {
+    /// An idle connection for `key` that can take a request now, if the pool has one. With
+    /// `probe`, the connection is checked for a close by the peer first (a system call); without,
+    /// a closed one shows when the request is sent, and the caller sends it again elsewhere.
+    async fn take_idle(&self, key: &PoolKey, probe: bool) -> Option<Box<Conn>> {
         loop {
             let mut conn = {
                 let mut idle = lock(&self.idle[shard_of_thread()]);
@@ -186,52 +286,69 @@ impl Pool {
                 }
                 c?
             };
-            if conn.idle_since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
-            let usable = std::future::poll_fn(|cx| Poll::Ready(conn.usable(cx))).await;
-            if usable {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT
+                && conn.wire.rbuf.is_empty()
+                && (!probe || conn.usable().await)
+            {
                 conn.reused = true;
                 return Some(conn);
             }
         }
     }
 
-    /// A new connection to `uri`'s scheme and authority.
+    /// A new connection to `key`, given up after `connect_ms` (TCP and TLS together).
     ///
     /// # Errors
-    /// The connection (or its TLS handshake) failed or timed out.
+    /// Connecting (or the TLS handshake) failed or timed out.
     async fn connect(&self, key: &PoolKey, connect_ms: u64) -> Result<Box<Conn>, RouterError> {
-        let uri = Uri::builder()
-            .scheme(key.scheme.clone())
-            .authority(key.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| {
-                RouterError::new(ErrorKind::Internal, format!("cannot build the upstream URI: {e}"))
+        let limit = Duration::from_millis(connect_ms);
+        let work = async {
+            let host = key.authority.host().trim_start_matches('[').trim_end_matches(']');
+            let https = key.scheme == Scheme::HTTPS;
+            let port = key.authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let tcp = TcpStream::connect((host, port)).await.map_err(|e| {
+                RouterError::new(
+                    ErrorKind::Connect,
+                    format!("cannot connect to {}: {e}", key.authority),
+                )
             })?;
-        let io = self
-            .connector(connect_ms)
-            .oneshot(uri)
-            .await
-            .map_err(|e| classify_connect_error(e.as_ref()))?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| RouterError::new(ErrorKind::Connect, format!("cannot connect: {e}")))?;
-        Ok(Box::new(Conn {
-            sender,
-            conn,
-            key: key.clone(),
-            ended: false,
-            reused: false,
-            idle_since: Instant::now(),
-        }))
+            let _ = tcp.set_nodelay(true);
+            let io = if https {
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+                    RouterError::new(
+                        ErrorKind::Connect,
+                        format!("cannot use {host:?} as a TLS server name: {e}"),
+                    )
+                })?;
+                let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+                    RouterError::new(
+                        ErrorKind::Connect,
+                        format!("TLS handshake with {} failed: {e}", key.authority),
+                    )
+                })?;
+                Io::Tls(Box::new(tls))
+            } else {
+                Io::Plain(tcp)
+            };
+            Ok(Box::new(Conn {
+                wire: Wire::new(io),
+                key: key.clone(),
+                reused: false,
+                idle_since: Instant::now(),
+            }))
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => Err(RouterError::new(
+                ErrorKind::ConnectTimeout,
+                format!("connect to {} timed out after {connect_ms} ms", key.authority),
+            )),
+        }
     }
 
-    /// Returns a connection whose last response was read to its end.
+    /// Returns a connection whose last exchange ended cleanly.
     pub fn checkin(&self, mut conn: Box<Conn>) {
-        if conn.ended || conn.sender.is_closed() {
+        if !conn.wire.rbuf.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -244,136 +361,161 @@ impl Pool {
         }
     }
 
-    /// Sends `req` on a pooled connection (or a new one) and waits for the response head,
-    /// driving the connection meanwhile. A request that a reused connection could not start to
-    /// send is sent once more on a new connection (when `replayable`).
+    /// Sends a request on a pooled connection (or a new one) and reads the response head. A
+    /// request that a reused connection failed before any answer came back is sent once more on
+    /// a new connection, unless part of a streamed body was already read from the client.
     ///
     /// # Errors
     /// Connecting failed, or the upstream failed before answering.
-    pub async fn send(
+    pub async fn exchange<S>(
         &self,
         key: &PoolKey,
         connect_ms: u64,
-        req: Request<ProxyBody>,
-        replay: impl FnOnce() -> Option<Request<ProxyBody>>,
-    ) -> Result<(Response<Incoming>, Box<Conn>), RouterError> {
-        if let Some(conn) = self.take_idle(key).await {
-            match send_on(conn, req).await {
-                Ok(r) => return Ok(r),
+        mut out: Outgoing<'_, S>,
+    ) -> Result<Answer, RouterError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // A body that can be sent again needs no check of the connection beforehand.
+        let replayable = out.rest.is_none();
+        if let Some(conn) = self.take_idle(key, !replayable).await {
+            match send_on(conn, &mut out).await {
+                Ok(a) => return Ok(a),
                 Err(SendError::Failed(e)) => return Err(e),
-                Err(SendError::NotSent(e)) => match replay() {
-                    // The kept-alive connection was closed under us: try a fresh one.
-                    Some(again) => {
-                        let conn = Box::pin(self.connect(key, connect_ms)).await?;
-                        return send_on(conn, again).await.map_err(SendError::into_error);
+                Err(SendError::NotSent(e)) => {
+                    if out.rest.as_ref().is_some_and(|(b, _, _)| b.started()) {
+                        return Err(e);
                     }
-                    None => return Err(e),
-                },
+                }
             }
         }
-        // Boxed: connecting is rare on a warm pool, and its (large) state would otherwise be part
-        // of every request's future.
+        // Boxed: connecting is rare on a warm pool, and its state would otherwise be part of
+        // every request's future.
         let conn = Box::pin(self.connect(key, connect_ms)).await?;
-        send_on(conn, req).await.map_err(SendError::into_error)
+        send_on(conn, &mut out).await.map_err(|e| match e {
+            SendError::NotSent(e) | SendError::Failed(e) => e,
+        })
     }
 }
 
-impl SendError {
-    fn into_error(self) -> RouterError {
-        match self {
-            Self::NotSent(e) | Self::Failed(e) => e,
-        }
-    }
+/// Why a request could not be sent or answered on a connection.
+enum SendError {
+    /// A reused connection failed before anything came back: may be sent again elsewhere.
+    NotSent(RouterError),
+    /// The request may have been acted on.
+    Failed(RouterError),
 }
 
-/// Sends one request on `conn`, driving it until the response head arrives.
-async fn send_on(
-    mut conn: Box<Conn>,
-    req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
-    let mut fut = pin!(conn.sender.send_request(req));
+/// Writes the request (streaming the rest of a large body while watching for an early answer)
+/// and reads the response head.
+async fn send_on<S>(mut conn: Box<Conn>, out: &mut Outgoing<'_, S>) -> Result<Answer, SendError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let reused = conn.reused;
-    let result = std::future::poll_fn(|cx| {
-        let ended = conn.poll_io(cx).is_ready();
-        match fut.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map_err(Some)),
-            // The connection is gone and nothing will answer the request any more.
-            Poll::Pending if ended => Poll::Ready(Err(None)),
-            Poll::Pending => Poll::Pending,
+    let io_error = |what: String| {
+        let e = RouterError::new(ErrorKind::UpstreamIo, what);
+        if reused {
+            SendError::NotSent(e)
+        } else {
+            SendError::Failed(e)
         }
-    })
-    .await;
-    match result {
-        Ok(resp) => Ok((resp, conn)),
-        Err(Some(e)) if e.is_canceled() && reused => Err(SendError::NotSent(RouterError::new(
-            ErrorKind::UpstreamIo,
-            format!("the kept-alive connection closed before the request was sent: {e}"),
-        ))),
-        Err(Some(e)) => Err(SendError::Failed(RouterError::new(
-            ErrorKind::UpstreamIo,
-            format!("connection failed: {e}"),
-        ))),
-        Err(None) if reused => Err(SendError::NotSent(RouterError::new(
-            ErrorKind::UpstreamIo,
-            "the kept-alive connection closed before the request was answered",
-        ))),
-        Err(None) => Err(SendError::Failed(RouterError::new(
-            ErrorKind::UpstreamIo,
-            "the connection closed before the request was answered",
-        ))),
+    };
+    if let Err(e) = conn.wire.write_all(out.bytes).await {
+        return Err(io_error(format!("cannot send the request: {e}")));
     }
-}
-
-/// Polls `body` for a frame while driving `conn`; a connection that ended while the body still
-/// waits is an error (nothing would ever arrive).
-pub fn poll_body_frame(
-    conn: Option<&mut Conn>,
-    body: &mut Incoming,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>>> {
-    use http_body::Body as _;
-    let ended = conn.is_some_and(|c| c.poll_io(cx).is_ready());
-    match std::pin::Pin::new(body).poll_frame(cx) {
-        Poll::Ready(f) => Poll::Ready(f.map(|r| r.map_err(Into::into))),
-        Poll::Pending if ended => Poll::Ready(Some(Err(
-            "the upstream connection closed before the response ended".into(),
-        ))),
-        Poll::Pending => Poll::Pending,
-    }
-}
-
-/// Classifies a connector failure by its type (never its text).
-fn classify_connect_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> RouterError {
-    let mut timed_out = false;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
+    let mut request_sent = true;
+    if let Some((body, client, chunked)) = out.rest.as_mut() {
+        request_sent = false;
+        let mut chunk = Vec::new();
+        loop {
+            // An upstream that answers before the body is complete (e.g. refusing it) is heard.
+            let step = tokio::select! {
+                biased;
+                r = conn.wire.fill() => Step::Upstream(r),
+                p = body.next_rest(client) => Step::Body(p),
+            };
+            match step {
+                Step::Upstream(Ok(0) | Err(_)) => {
+                    return Err(SendError::Failed(RouterError::new(
+                        ErrorKind::UpstreamIo,
+                        "the upstream closed the connection while the request body was sent",
+                    )))
+                }
+                Step::Upstream(Ok(_)) => break,
+                Step::Body(Err(e)) => {
+                    return Err(SendError::Failed(RouterError::new(
+                        ErrorKind::ClientBody,
+                        format!("the request body broke while it was forwarded: {e}"),
+                    )))
+                }
+                Step::Body(Ok(piece)) => {
+                    chunk.clear();
+                    match (&piece, *chunked) {
+                        (Some(data), true) if !data.is_empty() => h1::put_chunk(&mut chunk, data),
+                        (Some(data), false) => chunk.extend_from_slice(data),
+                        (Some(_), true) => {}
+                        (None, true) => chunk.extend_from_slice(h1::LAST_CHUNK),
+                        (None, false) => {}
+                    }
+                    if let Err(e) = conn.wire.write_all(&chunk).await {
+                        return Err(SendError::Failed(RouterError::new(
+                            ErrorKind::UpstreamIo,
+                            format!("cannot send the request body: {e}"),
+                        )));
+                    }
+                    if piece.is_none() {
+                        request_sent = true;
+                        break;
+                    }
+                }
             }
         }
-        cur = e.source();
     }
-    if timed_out {
-        RouterError::new(ErrorKind::ConnectTimeout, format!("connect timed out: {err}"))
-    } else {
-        RouterError::new(ErrorKind::Connect, format!("cannot connect: {}", chain(err)))
+    match conn.read_head().await {
+        Ok(head) => Ok(Answer {
+            head,
+            conn,
+            request_sent,
+        }),
+        Err(ReadError::Nothing(why)) => Err(io_error(why)),
+        Err(ReadError::Answered(e)) => Err(SendError::Failed(e)),
     }
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
+enum Step {
+    Upstream(std::io::Result<usize>),
+    Body(Result<Option<Bytes>, crate::body::BodyError>),
 }
 
-/// Shared handle used by response bodies to return their connection.
+/// Reads the response's first body piece (the point after which the router no longer fails
+/// over): `None` when the body is empty.
+///
+/// # Errors
+/// The body broke before its first byte.
+pub async fn first_piece(
+    conn: &mut Conn,
+    head: &ResponseHead,
+    method: &Method,
+) -> Result<(BodyDecoder, Option<Bytes>), RouterError> {
+    let framing = head.framing(method).map_err(|e| {
+        RouterError::new(
+            ErrorKind::UpstreamIo,
+            format!("the upstream's answer is not valid HTTP/1.1: {e}"),
+        )
+        .with_status(head.status)
+    })?;
+    let mut decoder = BodyDecoder::new(framing);
+    match next_piece(conn, &mut decoder).await {
+        Ok(Piece::Data(b)) => Ok((decoder, Some(b))),
+        Ok(Piece::End) => Ok((decoder, None)),
+        Err(e) => Err(RouterError::new(
+            ErrorKind::UpstreamIo,
+            format!("the response broke before its first byte: {e}"),
+        )
+        .with_status(head.status)),
+    }
+}
+
+/// Shared handle used to return connections.
 pub type SharedPool = Arc<Pool>;

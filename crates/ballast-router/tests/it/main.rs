@@ -17,3 +17,4 @@ mod reload;
 mod support;
 mod tls;
 mod traffic;
+mod wire;

@@ -1,0 +1,390 @@
+//! HTTP/1.1 on the wire: what raw clients and raw upstreams see of the router — refused
+//! malformed or ambiguous requests, request bodies in both framings, pipelining, `100 Continue`,
+//! answers of unknown length, `HEAD`, interim answers, and kept-alive upstream connections that
+//! the upstream closed while they sat in the pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::support::{target, TestRouter};
+
+/// A request as a scripted upstream received it: its head (lowercased) and decoded body.
+#[derive(Debug, Clone)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A raw upstream answering each request with what `answer` returns for it (bytes, and whether
+/// to close the connection afterwards).
+struct Scripted {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    conns: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Answer = Arc<dyn Fn(&Received) -> (Vec<u8>, bool) + Send + Sync>;
+
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// Reads one request (head, then a Content-Length or chunked body) off `s`.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(s, buf).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    buf.drain(..head_end);
+    let mut body = Vec::new();
+    if head.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !fill(s, buf).await {
+                    return None;
+                }
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).ok()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                if !fill(s, buf).await {
+                    return None;
+                }
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < len {
+            if !fill(s, buf).await {
+                return None;
+            }
+        }
+        body = buf.drain(..len).collect();
+    }
+    Some(Received { head, body })
+}
+
+async fn scripted(answer: impl Fn(&Received) -> (Vec<u8>, bool) + Send + Sync + 'static) -> Scripted {
+    scripted_closing_idle(None, answer).await
+}
+
+/// Like [`scripted`]; with `idle_close`, a connection that sat idle that long is closed
+/// without notice (as a keep-alive timeout does).
+async fn scripted_closing_idle(
+    idle_close: Option<Duration>,
+    answer: impl Fn(&Received) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> Scripted {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(AtomicU64::new(0));
+    let answer: Answer = Arc::new(answer);
+    let (rec, count) = (Arc::clone(&received), Arc::clone(&conns));
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (rec, answer) = (Arc::clone(&rec), Arc::clone(&answer));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let next = read_request(&mut s, &mut buf);
+                    let req = match idle_close {
+                        Some(idle) => match tokio::time::timeout(idle, next).await {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        },
+                        None => next.await,
+                    };
+                    let Some(req) = req else { return };
+                    rec.lock().unwrap().push(req.clone());
+                    let (bytes, close) = answer(&req);
+                    if s.write_all(&bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        url,
+        received,
+        conns,
+        task,
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+fn prefix_routes(up: &Scripted, replay: usize) -> String {
+    format!(
+        "generation = 1\n[[routes]]\nname = \"p\"\nkind = \"prefix\"\nprefix = \"/p\"\nretry = {{ replay_buffer_bytes = {replay} }}\n{}",
+        target("p-a", &up.url, "eu", "m/p/1")
+    )
+}
+
+/// Sends `bytes` on a new connection and reads until the router closes it.
+async fn exchange_until_close(router: &TestRouter, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the router closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_and_ambiguous_requests_are_refused_and_the_connection_closed() {
+    let up = scripted(|_| (ok("{}"), false)).await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let big = format!("GET /p HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let cases: [(&[u8], &str); 6] = [
+        (b"GARBAGE\r\n\r\n", "HTTP/1.1 400 "),
+        (
+            b"GET http://elsewhere/p HTTP/1.1\r\nhost: x\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            "HTTP/1.1 400 ",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 501 ",
+        ),
+        (big.as_bytes(), "HTTP/1.1 431 "),
+    ];
+    for (bytes, status) in cases {
+        let answer = exchange_until_close(&router, bytes).await;
+        assert!(answer.starts_with(status), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains("\"code\":\"invalid_request\""), "{answer}");
+    }
+    // Nothing reached the upstream, and the router still serves.
+    assert!(up.received.lock().unwrap().is_empty());
+    let r = crate::support::client()
+        .get(router.url("/p/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_whole_in_either_framing_replayable_or_streamed() {
+    let up = scripted(|r| (ok(&r.body.len().to_string()), false)).await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let small: Vec<u8> = (0..700u32).map(|i| b"abcdefghij"[(i % 10) as usize]).collect();
+    let large: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    for body in [&small, &large] {
+        // Chunked by the client, in uneven chunks.
+        let mut req =
+            b"POST /p/up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                .to_vec();
+        for piece in body.chunks(333) {
+            req.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
+            req.extend_from_slice(piece);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\ntrailer-x: 1\r\n\r\n");
+        let answer = exchange_until_close(&router, &req).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.ends_with(&format!("\r\n\r\n{}", body.len())), "{answer}");
+        // With a Content-Length.
+        let mut req = format!(
+            "PUT /p/up HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let answer = exchange_until_close(&router, &req).await;
+        assert!(answer.ends_with(&format!("\r\n\r\n{}", body.len())), "{answer}");
+    }
+    let got = up.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 4);
+    for (r, body) in got.iter().zip([&small, &small, &large, &large]) {
+        assert_eq!(&r.body, body, "{}", r.head);
+        // Hop-by-hop fields never travel on, the Host is the target's.
+        assert!(!r.head.contains("connection:"), "{}", r.head);
+        assert!(!r.head.contains("host: x\r"), "{}", r.head);
+    }
+    // A replayable body goes on with a length; a streamed one keeps the client's framing.
+    assert!(got[0].head.contains("content-length: 700"), "{}", got[0].head);
+    assert!(
+        got[2].head.contains("transfer-encoding: chunked"),
+        "{}",
+        got[2].head
+    );
+    assert!(got[3].head.contains("content-length: 50000"), "{}", got[3].head);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_continue_is_sent_when_asked() {
+    let up = scripted(|r| (ok(&String::from_utf8_lossy(&r.body)), false)).await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let answer = exchange_until_close(
+        &router,
+        b"POST /p/a HTTP/1.1\r\ncontent-length: 5\r\n\r\nfirstPOST /p/b HTTP/1.1\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecond",
+    )
+    .await;
+    let first = answer.find("first").expect(&answer);
+    let second = answer.find("second").expect(&answer);
+    assert!(first < second, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 ").count(), 2, "{answer}");
+
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(
+        b"POST /p/c HTTP/1.1\r\ncontent-length: 4\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = vec![0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"body").await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.starts_with("HTTP/1.1 200 ") && rest.ends_with("body"),
+        "{rest}"
+    );
+    // The expectation is the router's business: the upstream never sees it.
+    assert!(up
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.head.contains("expect")));
+}
+
+#[tokio::test]
+async fn answers_of_unknown_length_are_chunked_for_http_1_1_and_end_with_the_connection_for_1_0() {
+    // An upstream that frames nothing: its answer lasts until it closes the connection.
+    let up = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it".to_vec(),
+            true,
+        )
+    })
+    .await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let answer = exchange_until_close(&router, b"GET /p/x HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.contains("transfer-encoding: chunked\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n9\r\nall of it\r\n0\r\n\r\n"),
+        "{answer}"
+    );
+    let answer = exchange_until_close(&router, b"GET /p/x HTTP/1.0\r\n\r\n").await;
+    assert!(!answer.contains("transfer-encoding"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nall of it"), "{answer}");
+    // A kept-alive HTTP/1.1 client gets the same answer and can go on.
+    let r = crate::support::client()
+        .get(router.url("/p/y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "all of it");
+    let r = crate::support::client()
+        .get(router.url("/p/z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "all of it");
+}
+
+#[tokio::test]
+async fn head_requests_and_interim_answers_pass_without_confusing_the_connection() {
+    let up = scripted(|r| {
+        if r.head.starts_with("head ") {
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec(), false)
+        } else {
+            let mut a = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n".to_vec();
+            a.extend_from_slice(&ok("after hints"));
+            (a, false)
+        }
+    })
+    .await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let answer = exchange_until_close(
+        &router,
+        b"HEAD /p/a HTTP/1.1\r\n\r\nGET /p/b HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (head_answer, get_answer) = answer.split_once("\r\n\r\n").expect(&answer);
+    assert!(head_answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(head_answer.contains("content-length: 10"), "{answer}");
+    assert!(get_answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(!get_answer.contains("103"), "{answer}");
+    assert!(get_answer.ends_with("after hints"), "{answer}");
+    // Both went over one upstream connection.
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
+    let up = scripted_closing_idle(Some(Duration::from_millis(100)), |_| (ok("{}"), false)).await;
+    // One worker: both requests go through the same pool shard.
+    let router = TestRouter::start_with("eu", &prefix_routes(&up, 1024), |c| c.workers = 1).await;
+    let client = crate::support::client();
+    for i in 0..3 {
+        let r = client.get(router.url(&format!("/p/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-ballast-attempts"], "1", "request {i}");
+        // Long enough for the upstream to drop the pooled connection.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        up.received.lock().unwrap().len(),
+        3,
+        "each request reached the upstream once"
+    );
+    assert_eq!(router.target("p-a").await["consecutive_failures"], 0);
+    assert_eq!(router.target_phase("p-a").await, "healthy");
+}
