@@ -25,7 +25,6 @@ use crate::state::AppState;
 pub struct AuthzState {
     auth: std::sync::Arc<crate::auth::Authenticator>,
     config: std::sync::Arc<crate::Config>,
-    store: std::sync::Arc<dyn ballast_store::Store>,
 }
 
 impl AuthzState {
@@ -35,7 +34,6 @@ impl AuthzState {
         Self {
             auth: std::sync::Arc::clone(&state.auth),
             config: std::sync::Arc::clone(&state.config),
-            store: std::sync::Arc::clone(&state.store),
         }
     }
 }
@@ -51,9 +49,18 @@ pub enum Scope {
     BodyModel(&'static str),
     /// The `model=namespace/model` query parameter when given, else every namespace.
     QueryModel,
-    /// The MLflow model `name` (query for GET, JSON body otherwise), mapped like the MLflow API.
+    /// The MLflow model `name` (query for GET, JSON body otherwise): the namespace
+    /// [`ballast_store::mlflow::mlflow_namespace`] gives, which depends on the name alone.
     MlflowName,
-    /// The MLflow default namespace (tracking objects and artifacts).
+    /// An MLflow rename: the permission in the namespace of `name` and in that of `new_name`.
+    MlflowRename,
+    /// An MLflow version create: the permission in the namespace of `name`, and `read` in the
+    /// namespace whose registered versions `source` copies (`…/ballast-versions/<ns>/…`).
+    MlflowNewVersion,
+    /// An MLflow artifact path (`{*path}`, or `?path=` for a listing): a path under
+    /// `ballast-versions/<ns>/` acts in `<ns>`, any other in the MLflow default namespace.
+    MlflowArtifact,
+    /// The MLflow default namespace (tracking objects, multipart uploads).
     MlflowDefault,
     /// Any namespace: the caller holds the permission in at least one (blob lookups, which
     /// push uses to skip uploads, are not tied to a model).
@@ -72,7 +79,10 @@ pub enum Rule {
 }
 
 use Permission::{Admin, Maintain, Read, Review, Write};
-use Scope::{Anywhere, BodyModel, Global, MlflowDefault, MlflowName, Path, QueryModel};
+use Scope::{
+    Anywhere, BodyModel, Global, MlflowArtifact, MlflowDefault, MlflowName, MlflowNewVersion, MlflowRename,
+    Path, QueryModel,
+};
 
 const M: &str = "/v1/models/{ns}/{model}";
 
@@ -131,10 +141,11 @@ fn governance_rule(method: &Method, route: &str) -> Option<Rule> {
     })
 }
 
-const MLFLOW_PREFIXES: [&str; 3] = [
+const MLFLOW_PREFIXES: [&str; 4] = [
     "/api/2.0/mlflow/",
     "/ajax-api/2.0/mlflow/",
     "/api/2.0/mlflow-artifacts/",
+    "/ajax-api/2.0/mlflow-artifacts/",
 ];
 
 fn mlflow_rule(method: &Method, route: &str) -> Option<Rule> {
@@ -144,6 +155,7 @@ fn mlflow_rule(method: &Method, route: &str) -> Option<Rule> {
     }
     let registry = tail.starts_with("registered-models/") || tail.starts_with("model-versions/");
     let reads = method == Method::GET
+        || method == Method::HEAD
         || [
             "/get",
             "/search",
@@ -156,14 +168,18 @@ fn mlflow_rule(method: &Method, route: &str) -> Option<Rule> {
         || tail == "search";
     let perm = match tail {
         "registered-models/delete" | "model-versions/delete" | "model-versions/transition-stage" => Maintain,
-        "registered-models/alias" if method != Method::GET => Maintain,
+        "registered-models/alias" if method != Method::GET && method != Method::HEAD => Maintain,
         _ if reads => Read,
         _ => Write,
     };
-    Some(Rule::Need(
-        perm,
-        if registry { MlflowName } else { MlflowDefault },
-    ))
+    let scope = match tail {
+        "registered-models/rename" => MlflowRename,
+        "model-versions/create" => MlflowNewVersion,
+        _ if registry => MlflowName,
+        _ if tail == "artifacts" || tail.starts_with("artifacts/") => MlflowArtifact,
+        _ => MlflowDefault,
+    };
+    Some(Rule::Need(perm, scope))
 }
 
 fn is_mlflow(route: &str) -> bool {
@@ -216,7 +232,7 @@ async fn check(state: &AuthzState, route: &str, mut req: Request) -> Result<Requ
         Principal::unchecked(actor.to_owned())
     };
     if let Rule::Need(perm, scope) = rule {
-        let (ns, r) = namespace(state, scope, route, req).await?;
+        let (ns, extra, r) = namespaces(state, scope, route, req).await?;
         req = r;
         match ns {
             Some(ns) if !principal.can(perm, &ns) => return Err(principal.denied(perm, &ns)),
@@ -227,58 +243,76 @@ async fn check(state: &AuthzState, route: &str, mut req: Request) -> Result<Requ
             }
             _ => {}
         }
+        // What else the request touches (a rename's target, a version source's namespace).
+        if let Some((p, ns)) = extra.iter().find(|(p, ns)| !principal.can(*p, ns)) {
+            return Err(principal.denied(*p, ns));
+        }
     }
     req.extensions_mut().insert(principal);
     Ok(req)
 }
 
-/// The namespace a request acts in (`None` when a malformed request does not say).
-async fn namespace(
+/// What a request needs besides the route's permission in its namespace.
+type Extra = Vec<(Permission, String)>;
+
+/// The namespace a request acts in (`None` when a malformed request does not say), and the
+/// other permissions it needs.
+async fn namespaces(
     state: &AuthzState,
     scope: Scope,
     route: &str,
     req: Request,
-) -> Result<(Option<String>, Request), ApiError> {
+) -> Result<(Option<String>, Extra, Request), ApiError> {
+    let default = &state.config.mlflow_default_namespace;
+    let home = |n: &str| ballast_store::mlflow::mlflow_namespace(n, default);
     let ns = match scope {
         Anywhere => None,
         Global => Some(ANY_NAMESPACE.to_owned()),
-        MlflowDefault => Some(state.config.mlflow_default_namespace.clone()),
+        MlflowDefault => Some(default.clone()),
         Path => path_segment(route, req.uri().path(), "{ns}"),
         QueryModel => match query_param(req.uri().query(), "model") {
             Some(m) => Some(ModelName::parse(&m).map_or(m, |n| n.namespace().to_owned())),
             None => Some(ANY_NAMESPACE.to_owned()),
         },
+        MlflowArtifact => {
+            let path = match path_rest(route, req.uri().path(), "{*path}") {
+                Some(p) => p,
+                None => query_param(req.uri().query(), "path").unwrap_or_default(),
+            };
+            Some(crate::api::mlflow::native_namespace(&path).map_or_else(|| default.clone(), str::to_owned))
+        }
         BodyModel(field) => {
-            let (value, req) = body_field(state, req, field).await?;
-            let ns = value.and_then(|m| ModelName::parse(&m).ok().map(|n| n.namespace().to_owned()));
-            return Ok((ns, req));
+            let (value, req) = body_fields(state, req, &[field]).await?;
+            let ns = value[0]
+                .as_ref()
+                .and_then(|m| ModelName::parse(m).ok().map(|n| n.namespace().to_owned()));
+            return Ok((ns, Vec::new(), req));
         }
         MlflowName => {
-            let (name, req) = if req.method() == Method::GET {
-                (query_param(req.uri().query(), "name"), req)
-            } else {
-                body_field(state, req, "name").await?
-            };
-            let ns = match name {
-                Some(n) => Some(mlflow_namespace(state, &n).await),
-                None => None,
-            };
-            return Ok((ns, req));
+            let (v, req) = mlflow_fields(state, req, &["name"]).await?;
+            return Ok((v[0].as_deref().map(home), Vec::new(), req));
+        }
+        MlflowRename => {
+            let (v, req) = mlflow_fields(state, req, &["name", "new_name"]).await?;
+            let extra = v[1].iter().map(|n| (Write, home(n))).collect();
+            return Ok((v[0].as_deref().map(home), extra, req));
+        }
+        MlflowNewVersion => {
+            let (v, req) = mlflow_fields(state, req, &["name", "source"]).await?;
+            // Registering from another namespace's registered version copies its files: that
+            // needs `read` there. Other sources are the default namespace's artifacts or
+            // external references.
+            let extra = v[1]
+                .as_deref()
+                .and_then(crate::api::mlflow::proxy_path)
+                .and_then(|p| crate::api::mlflow::native_namespace(&p).map(str::to_owned))
+                .map(|ns| (Read, ns))
+                .into_iter()
+                .collect();
+            return Ok((v[0].as_deref().map(home), extra, req));
         }
     };
-    Ok((ns, req))
-}
-
-/// The namespace an MLflow name lives in: the model it resolves to, or where it would be created.
-async fn mlflow_namespace(state: &AuthzState, name: &str) -> String {
-    let default = &state.config.mlflow_default_namespace;
-    if let Ok(m) = state.store.mlflow_resolve(name, default).await {
-        return m.namespace().to_owned();
-    }
-    match name.split_once('/') {
-        Some(_) => ModelName::parse(name).map_or_else(|_| default.clone(), |n| n.namespace().to_owned()),
-        None => default.clone(),
-    }
+    Ok((ns, Vec::new(), req))
 }
 
 /// The segment of `path` at the position of `param` in the route template.
@@ -291,19 +325,28 @@ fn path_segment(template: &str, path: &str, param: &str) -> Option<String> {
     })
 }
 
+/// What follows the literal part of `template` before `param` (a trailing wildcard) in `path`,
+/// percent-decoded as the router decodes it.
+fn path_rest(template: &str, path: &str, param: &str) -> Option<String> {
+    let i = template.split('/').position(|s| s == param)?;
+    let rest: Vec<&str> = path.split('/').skip(i).collect();
+    (!rest.is_empty()).then(|| {
+        percent_encoding::percent_decode_str(&rest.join("/"))
+            .decode_utf8_lossy()
+            .into_owned()
+    })
+}
+
+/// A query parameter; the last one when the key repeats, as handlers read it.
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == key)
+        .filter(|(k, _)| k == key)
+        .last()
         .map(|(_, v)| v.into_owned())
 }
 
-/// Reads a JSON body (bounded like every JSON body) to find one string field, and puts the bytes
-/// back for the handler.
-async fn body_field(
-    state: &AuthzState,
-    req: Request,
-    field: &str,
-) -> Result<(Option<String>, Request), ApiError> {
+/// Reads a body (bounded like every JSON body) and puts the bytes back for the handler.
+async fn read_body(state: &AuthzState, req: Request) -> Result<(bytes::Bytes, Request), ApiError> {
     let (parts, body) = req.into_parts();
     let limit = state.config.max_json_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -312,10 +355,43 @@ async fn body_field(
             format!("the JSON body is larger than {limit} bytes, or it could not be read"),
         )
     })?;
-    let value = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get(field).and_then(|f| f.as_str()).map(str::to_owned));
-    Ok((value, Request::from_parts(parts, Body::from(bytes))))
+    Ok((bytes.clone(), Request::from_parts(parts, Body::from(bytes))))
+}
+
+/// Fields of an MLflow request, read exactly as its handler reads them (query string, then
+/// the JSON body for methods other than GET). A request the handler will refuse as malformed
+/// names nothing.
+async fn mlflow_fields(
+    state: &AuthzState,
+    req: Request,
+    keys: &[&str],
+) -> Result<(Vec<Option<String>>, Request), ApiError> {
+    let (bytes, req) = read_body(state, req).await?;
+    let fields = crate::api::mlflow::request_fields(req.uri(), req.method(), &bytes).unwrap_or_default();
+    let found = keys
+        .iter()
+        .map(|k| crate::api::mlflow::field_str(&fields, k))
+        .collect();
+    Ok((found, req))
+}
+
+/// Reads a JSON body to find string fields, and puts the bytes back for the handler.
+async fn body_fields(
+    state: &AuthzState,
+    req: Request,
+    fields: &[&str],
+) -> Result<(Vec<Option<String>>, Request), ApiError> {
+    let (bytes, req) = read_body(state, req).await?;
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+    let found = fields
+        .iter()
+        .map(|f| {
+            value
+                .as_ref()
+                .and_then(|v| v.get(*f).and_then(|x| x.as_str()).map(str::to_owned))
+        })
+        .collect();
+    Ok((found, req))
 }
 
 #[cfg(test)]
@@ -356,6 +432,55 @@ mod tests {
         assert_eq!(
             rule(&m("POST"), "/api/2.0/mlflow/runs/create"),
             Rule::Need(Write, MlflowDefault)
+        );
+        assert_eq!(
+            rule(&m("POST"), "/ajax-api/2.0/mlflow/registered-models/rename"),
+            Rule::Need(Write, MlflowRename)
+        );
+        assert_eq!(
+            rule(&m("POST"), "/api/2.0/mlflow/model-versions/create"),
+            Rule::Need(Write, MlflowNewVersion)
+        );
+        for prefix in ["/api/2.0/mlflow-artifacts", "/ajax-api/2.0/mlflow-artifacts"] {
+            assert_eq!(
+                rule(&m("GET"), &format!("{prefix}/artifacts")),
+                Rule::Need(Read, MlflowArtifact)
+            );
+            assert_eq!(
+                rule(&m("GET"), &format!("{prefix}/artifacts/{{*path}}")),
+                Rule::Need(Read, MlflowArtifact)
+            );
+            assert_eq!(
+                rule(&m("HEAD"), &format!("{prefix}/artifacts/{{*path}}")),
+                Rule::Need(Read, MlflowArtifact)
+            );
+            assert_eq!(
+                rule(&m("PUT"), &format!("{prefix}/artifacts/{{*path}}")),
+                Rule::Need(Write, MlflowArtifact)
+            );
+            assert_eq!(
+                rule(&m("POST"), &format!("{prefix}/mpu/create/{{*path}}")),
+                Rule::Need(Write, MlflowDefault)
+            );
+        }
+    }
+
+    #[test]
+    fn wildcards_and_repeated_query_keys_read_as_the_handlers_read_them() {
+        let t = "/api/2.0/mlflow-artifacts/artifacts/{*path}";
+        assert_eq!(
+            path_rest(
+                t,
+                "/api/2.0/mlflow-artifacts/artifacts/ballast-versions%2Facme/b/1",
+                "{*path}"
+            )
+            .as_deref(),
+            Some("ballast-versions/acme/b/1")
+        );
+        assert_eq!(path_rest("/v1/x", "/v1/x", "{*path}"), None);
+        assert_eq!(
+            query_param(Some("name=a&name=acme%2Fb"), "name").as_deref(),
+            Some("acme/b")
         );
     }
 

@@ -13,6 +13,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Ctx, StoreResult};
 
+/// The namespace an MLflow model name lives in, whether or not the model exists: the default
+/// namespace for a name without `/`, else the part before the first `/` (as a slug when it is
+/// not a valid namespace: `Acme/Fraud Model` lives in `acme`).
+///
+/// This is the one answer to "which namespace does this name act in": the store creates a
+/// model there and resolves the name only to a model there, and authorization checks roles
+/// there. Because it depends on the name alone, an answer never tells whether a model exists.
+#[must_use]
+pub fn mlflow_namespace(name: &str, default_ns: &str) -> String {
+    match name.split_once('/') {
+        Some((ns, _)) if ballast_core::validate_namespace(ns).is_ok() => ns.to_owned(),
+        Some((ns, _)) => slug(ns),
+        None => default_ns.to_owned(),
+    }
+}
+
+/// A valid name part made of `part`: lowercase ASCII letters, digits, `-`, `_` and `.`, other
+/// characters as `-`, at most 56 characters, never empty.
+pub(crate) fn slug(part: &str) -> String {
+    let s: String = part
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(56)
+        .collect();
+    let s = s.trim_matches('.').to_owned();
+    if s.is_empty() {
+        "model".into()
+    } else {
+        s
+    }
+}
+
 /// A model as the MLflow API shows it: the name the MLflow client used, and the Ballast model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MlflowModel {

@@ -2,6 +2,7 @@
 //! tests that SIGKILL the server mid-write.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod cli;
 mod crash;
 mod dboutage;

@@ -1,6 +1,7 @@
-//! Access control: the authorization matrix (every route of the OpenAPI document × every role,
-//! no token, an expired and a revoked token), token lifecycle, the admin token written on first
-//! start, lists filtered to what the caller may read, and `auth = off`.
+//! Access control: the authorization matrices (every route of the OpenAPI document, and every
+//! MLflow route under both prefixes, × every role, no token, an expired and a revoked token),
+//! token lifecycle, the admin token written on first start, lists filtered to what the caller
+//! may read, and `auth = off`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -137,6 +138,25 @@ async fn expired_token(app: &TestApp) -> String {
     v["secret"].as_str().unwrap().to_owned()
 }
 
+/// Waits until a short-lived token is refused (its expiry has passed and no cached lookup still
+/// accepts it), with a deadline.
+async fn wait_until_refused(app: &TestApp, token: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::Client::new()
+            .get(app.url("/v1/whoami"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the token did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn revoked_token(app: &TestApp) -> String {
     let r = app
         .post(
@@ -185,22 +205,7 @@ async fn every_route_answers_401_403_or_proceeds_as_each_role_allows() {
     }
     let expired = expired_token(&app).await;
     let revoked = revoked_token(&app).await;
-    // Wait until the short-lived token is refused (its expiry has passed and no cached lookup
-    // still accepts it), with a deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = reqwest::Client::new()
-            .get(app.url("/v1/whoami"))
-            .bearer_auth(&expired)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the token did not expire");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_refused(&app, &expired).await;
     for (label, token) in [
         ("no token", None),
         ("expired", Some(expired)),
@@ -551,4 +556,413 @@ async fn with_auth_off_there_is_no_token_and_the_actor_header_names_the_actor() 
     assert_eq!(trail.last().unwrap().actor, "dana");
     let me: Value = ok(c.get(app.url("/v1/whoami")).send().await.unwrap(), StatusCode::OK).await;
     assert_eq!(me["auth"], false);
+}
+
+/// What an MLflow request needs, written down independently of the server's table.
+#[derive(Debug, Clone)]
+enum MlNeed {
+    /// Any valid token (an MLflow route this server does not serve).
+    Caller,
+    /// A permission in at least one namespace (searches, filtered to what the caller reads).
+    Anywhere(&'static str),
+    /// Every one of these permissions, each in its namespace.
+    All(Vec<(&'static str, &'static str)>),
+}
+
+/// One MLflow request of the matrix: method, path (query included), JSON body, and its need.
+struct MlCase {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    need: MlNeed,
+}
+
+/// The MLflow default namespace of the test server.
+const ML_NS: &str = "mlflow";
+
+/// Every MLflow route under `prefix` (`/api/2.0` or `/ajax-api/2.0`), once for a model of the
+/// default namespace and once for one in `acme`, plus the requests that touch two namespaces.
+#[allow(clippy::too_many_lines)]
+fn mlflow_cases(prefix: &str) -> Vec<MlCase> {
+    use MlNeed::{All, Anywhere, Caller};
+    let mut out = Vec::new();
+    let mut add = |method: &'static str, path: String, body: Option<Value>, need: MlNeed| {
+        out.push(MlCase {
+            method,
+            path,
+            body,
+            need,
+        });
+    };
+    let ml = format!("{prefix}/mlflow");
+    let rm = format!("{ml}/registered-models");
+    let mv = format!("{ml}/model-versions");
+    // (MLflow name, its namespace, another name in the same namespace)
+    for (name, ns, sibling) in [("Fraud", ML_NS, "Fraud 2"), ("acme/bot", "acme", "Acme/Bot 2")] {
+        let q = format!("name={}", name.replace(' ', "%20"));
+        let one = |perm: &'static str| All(vec![(perm, ns)]);
+        add(
+            "post",
+            format!("{rm}/create"),
+            Some(json!({ "name": sibling })),
+            one("write"),
+        );
+        add("get", format!("{rm}/get?{q}"), None, one("read"));
+        add(
+            "post",
+            format!("{rm}/rename"),
+            Some(json!({ "name": name, "new_name": sibling })),
+            one("write"),
+        );
+        add(
+            "patch",
+            format!("{rm}/update"),
+            Some(json!({ "name": name, "description": "d" })),
+            one("write"),
+        );
+        add("get", format!("{rm}/get-latest-versions?{q}"), None, one("read"));
+        add(
+            "post",
+            format!("{rm}/get-latest-versions"),
+            Some(json!({ "name": name })),
+            one("read"),
+        );
+        add(
+            "post",
+            format!("{rm}/set-tag"),
+            Some(json!({ "name": name, "key": "k", "value": "v" })),
+            one("write"),
+        );
+        add(
+            "delete",
+            format!("{rm}/delete-tag"),
+            Some(json!({ "name": name, "key": "k" })),
+            one("write"),
+        );
+        add("get", format!("{rm}/alias?{q}&alias=champion"), None, one("read"));
+        add(
+            "post",
+            format!("{rm}/alias"),
+            Some(json!({ "name": name, "alias": "champion", "version": "1" })),
+            one("maintain"),
+        );
+        add(
+            "delete",
+            format!("{rm}/alias"),
+            Some(json!({ "name": name, "alias": "champion" })),
+            one("maintain"),
+        );
+        add(
+            "post",
+            format!("{mv}/create"),
+            Some(json!({ "name": name, "source": "mlflow-artifacts:/0/r/artifacts" })),
+            one("write"),
+        );
+        add("get", format!("{mv}/get?{q}&version=1"), None, one("read"));
+        add(
+            "patch",
+            format!("{mv}/update"),
+            Some(json!({ "name": name, "version": "1", "description": "d" })),
+            one("write"),
+        );
+        add(
+            "post",
+            format!("{mv}/transition-stage"),
+            Some(json!({ "name": name, "version": "1", "stage": "Archived" })),
+            one("maintain"),
+        );
+        add(
+            "get",
+            format!("{mv}/get-download-uri?{q}&version=1"),
+            None,
+            one("read"),
+        );
+        add(
+            "post",
+            format!("{mv}/set-tag"),
+            Some(json!({ "name": name, "version": "1", "key": "k", "value": "v" })),
+            one("write"),
+        );
+        add(
+            "delete",
+            format!("{mv}/delete-tag"),
+            Some(json!({ "name": name, "version": "1", "key": "k" })),
+            one("write"),
+        );
+        // Destructive last, on names nobody else uses (the answer may be 404: what matters is
+        // that the right callers get past authorization).
+        let gone = if ns == ML_NS { "Gone" } else { "acme/gone" };
+        add(
+            "delete",
+            format!("{mv}/delete"),
+            Some(json!({ "name": gone, "version": "1" })),
+            one("maintain"),
+        );
+        add(
+            "delete",
+            format!("{rm}/delete"),
+            Some(json!({ "name": gone })),
+            one("maintain"),
+        );
+    }
+    // Two namespaces: a rename into another one, a version copied from another one's version.
+    add(
+        "post",
+        format!("{rm}/rename"),
+        Some(json!({ "name": "Fraud", "new_name": "Acme/Fraud" })),
+        All(vec![("write", ML_NS), ("write", "acme")]),
+    );
+    add(
+        "post",
+        format!("{mv}/create"),
+        Some(json!({ "name": "Fraud", "source": "mlflow-artifacts:/ballast-versions/acme/bot/1" })),
+        All(vec![("write", ML_NS), ("read", "acme")]),
+    );
+    add(
+        "post",
+        format!("{mv}/create"),
+        Some(json!({ "name": "Fraud", "source": "mlflow-artifacts://h/ballast-versions/acme/ghost/1" })),
+        All(vec![("write", ML_NS), ("read", "acme")]),
+    );
+    // Searches span namespaces (filtered to what the caller reads).
+    add("get", format!("{rm}/search"), None, Anywhere("read"));
+    add(
+        "get",
+        format!("{mv}/search?filter=name%3D%27acme%2Fbot%27"),
+        None,
+        Anywhere("read"),
+    );
+    // Tracking objects live in the default namespace.
+    let d = |perm: &'static str| All(vec![(perm, ML_NS)]);
+    let body = Some(json!({}));
+    for (method, tail, need) in [
+        ("post", "experiments/create", d("write")),
+        ("get", "experiments/get?experiment_id=0", d("read")),
+        (
+            "get",
+            "experiments/get-by-name?experiment_name=Default",
+            d("read"),
+        ),
+        ("get", "experiments/search", d("read")),
+        ("post", "experiments/search", d("read")),
+        ("post", "runs/create", d("write")),
+        ("get", "runs/get?run_id=none", d("read")),
+        ("post", "runs/update", d("write")),
+        ("post", "runs/log-batch", d("write")),
+        ("post", "runs/log-metric", d("write")),
+        ("post", "runs/log-parameter", d("write")),
+        ("post", "runs/set-tag", d("write")),
+        ("post", "runs/log-inputs", d("write")),
+        ("post", "runs/outputs", d("write")),
+        ("get", "runs/search", d("read")),
+        ("post", "runs/search", d("read")),
+        ("get", "metrics/get-history?run_id=none&metric_key=m", d("read")),
+        ("post", "logged-models", d("write")),
+        ("post", "logged-models/search", d("read")),
+        ("get", "logged-models/m-none", d("read")),
+        ("patch", "logged-models/m-none", d("write")),
+        ("patch", "logged-models/m-none/tags", d("write")),
+        ("delete", "logged-models/m-none/tags/k", d("write")),
+        ("post", "logged-models/m-none/params", d("write")),
+        ("get", "no/such/route", Caller),
+    ] {
+        let b = (method != "get").then(|| body.clone()).flatten();
+        add(method, format!("{ml}/{tail}"), b, need);
+    }
+    // The artifacts proxy: its own files in the default namespace, registered versions in
+    // theirs (whether or not the version exists).
+    let art = format!("{prefix}/mlflow-artifacts");
+    for (path, ns) in [
+        ("0/r/artifacts/a.txt", ML_NS),
+        ("ballast-versions/acme/bot/1/model.bin", "acme"),
+        ("ballast-versions/acme/ghost/1/model.bin", "acme"),
+    ] {
+        let one = |perm: &'static str| All(vec![(perm, ns)]);
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+        add("get", format!("{art}/artifacts?path={dir}"), None, one("read"));
+        add("get", format!("{art}/artifacts/{path}"), None, one("read"));
+        add("put", format!("{art}/artifacts/{path}"), None, one("write"));
+        add(
+            "delete",
+            format!("{art}/artifacts/{path}.gone"),
+            None,
+            one("write"),
+        );
+    }
+    for op in ["create", "complete", "abort"] {
+        add(
+            "post",
+            format!("{art}/mpu/{op}/x.bin"),
+            Some(json!({})),
+            d("write"),
+        );
+    }
+    out
+}
+
+/// A caller of the MLflow matrix: its token and roles (`valid`: false for no, expired and
+/// revoked tokens).
+struct Holder {
+    label: String,
+    token: Option<String>,
+    roles: Vec<(&'static str, &'static str)>,
+    valid: bool,
+}
+
+impl Holder {
+    fn may(&self, perm: &str, ns: &str) -> bool {
+        self.roles
+            .iter()
+            .any(|(n, r)| (*n == ns || *n == "*") && grants(r, perm))
+    }
+
+    /// The refusal `need` earns this caller, if any.
+    fn refusal(&self, need: &MlNeed) -> Option<(StatusCode, &'static str)> {
+        if !self.valid {
+            return Some((StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"));
+        }
+        let allowed = match need {
+            MlNeed::Caller => true,
+            MlNeed::Anywhere(p) => self.roles.iter().any(|(_, r)| grants(r, p)),
+            MlNeed::All(needs) => needs.iter().all(|(p, ns)| self.may(p, ns)),
+        };
+        (!allowed).then_some((StatusCode::FORBIDDEN, "PERMISSION_DENIED"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mlflow_route_answers_401_403_or_proceeds_as_each_role_allows() {
+    let app = spawn_app().await;
+    app.create_model("acme/bot").await;
+    assert_eq!(app.sealed_version("acme/bot", b"acme weights").await, 1);
+    let r = app
+        .post(
+            "/api/2.0/mlflow/registered-models/create",
+            &json!({ "name": "Fraud" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .req(
+            Method::PUT,
+            "/api/2.0/mlflow-artifacts/artifacts/0/r/artifacts/a.txt",
+        )
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .post(
+            "/api/2.0/mlflow/model-versions/create",
+            &json!({ "name": "Fraud", "source": "mlflow-artifacts:/0/r/artifacts" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let base = app.base.clone();
+    let admin = app.admin_token.clone();
+    let mut holders = Vec::new();
+    for ns in [ML_NS, "acme"] {
+        for role in ["reader", "writer", "reviewer", "maintainer", "admin"] {
+            let label = format!("{role}@{ns}");
+            let principal = format!("{role}-{ns}");
+            holders.push(Holder {
+                label,
+                token: Some(create_token(&base, &admin, &principal, &[(ns, role)]).await),
+                roles: vec![(ns, role)],
+                valid: true,
+            });
+        }
+    }
+    let two = vec![(ML_NS, "writer"), ("acme", "reader")];
+    holders.push(Holder {
+        label: "writer@mlflow+reader@acme".into(),
+        token: Some(create_token(&base, &admin, "copier", &two).await),
+        roles: two,
+        valid: true,
+    });
+    holders.push(Holder {
+        label: "admin@*".into(),
+        token: Some(create_token(&base, &admin, "root", &[("*", "admin")]).await),
+        roles: vec![("*", "admin")],
+        valid: true,
+    });
+    let expired = expired_token(&app).await;
+    let revoked = revoked_token(&app).await;
+    wait_until_refused(&app, &expired).await;
+    for (label, token) in [
+        ("no token", None),
+        ("expired", Some(expired)),
+        ("revoked", Some(revoked)),
+    ] {
+        holders.push(Holder {
+            label: label.into(),
+            token,
+            roles: Vec::new(),
+            valid: false,
+        });
+    }
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for prefix in ["/api/2.0", "/ajax-api/2.0"] {
+        for case in mlflow_cases(prefix) {
+            for h in &holders {
+                let m = Method::from_bytes(case.method.to_uppercase().as_bytes()).unwrap();
+                let mut rb = client.request(m, format!("{base}{}", case.path));
+                if let Some(t) = &h.token {
+                    rb = rb.bearer_auth(t);
+                }
+                if let Some(b) = &case.body {
+                    rb = rb.json(b);
+                } else if case.method == "put" {
+                    rb = rb.body("x");
+                }
+                let r = rb.send().await.unwrap();
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                checked += 1;
+                let what = format!(
+                    "{} {} {}",
+                    case.method,
+                    case.path,
+                    case.body.clone().unwrap_or_default()
+                );
+                match h.refusal(&case.need) {
+                    Some((want, code)) => {
+                        if status != want || body["error_code"] != code {
+                            failures.push(format!(
+                                "{what} as {}: want {want} {code}, got {status} {body}",
+                                h.label
+                            ));
+                        }
+                    }
+                    None => {
+                        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                            failures.push(format!(
+                                "{what} as {}: should be allowed, got {status} {body}",
+                                h.label
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 2500, "only {checked} checks ran");
 }

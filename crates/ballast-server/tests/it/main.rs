@@ -14,6 +14,8 @@ mod idempotency;
 mod lifecycle;
 mod listing;
 mod mlflow;
+mod mlflow_authz;
+mod mlflow_tracking;
 mod regions;
 mod retention;
 mod routing;

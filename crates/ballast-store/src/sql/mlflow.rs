@@ -11,8 +11,8 @@ use super::query::{self, to_i64, to_u64};
 use super::{ops, SqlStore};
 use crate::db::{Db, Row};
 use crate::mlflow::{
-    MlflowModel, MlflowModelEntry, MlflowObject, MlflowStore, MlflowVersion, MlflowVersionInfo,
-    NewMlflowVersion,
+    mlflow_namespace, slug, MlflowModel, MlflowModelEntry, MlflowObject, MlflowStore, MlflowVersion,
+    MlflowVersionInfo, NewMlflowVersion,
 };
 use crate::{Ctx, Precondition, StoreError, StoreResult};
 
@@ -58,13 +58,18 @@ fn model_id_opt(db: &dyn Db, name: &ModelName) -> StoreResult<Option<i64>> {
     }
 }
 
+/// The model an MLflow name refers to. Only a model in the name's namespace
+/// ([`mlflow_namespace`]) answers to it, so the namespace authorization checks is always the one
+/// the model is in (a mapping that points elsewhere, left by an older version, resolves to
+/// nothing rather than bypassing that check).
 fn resolve_id(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<Option<i64>> {
     let mapped = db.query_value::<i64>(
         "SELECT model_id FROM mlflow_names WHERE mlflow_name = ?1",
         crate::params![name],
     )?;
-    if mapped.is_some() {
-        return Ok(mapped);
+    if let Some(id) = mapped {
+        let home = mlflow_namespace(name, default_ns);
+        return Ok((model_name_of(db, id)?.namespace() == home).then_some(id));
     }
     let Some(c) = canonical(name, default_ns) else {
         return Ok(None);
@@ -92,27 +97,6 @@ fn resolve(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<(i64, Model
     Ok((id, model_name_of(db, id)?))
 }
 
-fn slug(part: &str) -> String {
-    let s: String = part
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(56)
-        .collect();
-    let s = s.trim_matches('.').to_owned();
-    if s.is_empty() {
-        "model".into()
-    } else {
-        s
-    }
-}
-
 fn check_mlflow_name(name: &str) -> StoreResult<()> {
     if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
         return Err(StoreError {
@@ -124,12 +108,11 @@ fn check_mlflow_name(name: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// A free Ballast name for a new MLflow name: the name itself when valid, else a slug of it.
+/// A free Ballast name for a new MLflow name, in the name's namespace ([`mlflow_namespace`]):
+/// a slug of the model part, numbered on collision.
 fn free_ballast_name(db: &dyn Db, name: &str, default_ns: &str) -> StoreResult<ModelName> {
-    let (ns, model) = match name.split_once('/') {
-        Some((ns, m)) => (slug(ns), slug(m)),
-        None => (default_ns.to_owned(), slug(name)),
-    };
+    let ns = mlflow_namespace(name, default_ns);
+    let model = slug(name.split_once('/').map_or(name, |(_, m)| m));
     for i in 1..1000 {
         let candidate = if i == 1 {
             model.clone()
@@ -284,6 +267,19 @@ fn rename_model(
 ) -> StoreResult<MlflowModel> {
     check_mlflow_name(new_name)?;
     let (id, ballast) = resolve(db, name, default_ns)?;
+    // A model's namespace is part of its registry name (audit, routes and roles refer to it):
+    // an MLflow rename cannot move it to another one.
+    let target = mlflow_namespace(new_name, default_ns);
+    if target != ballast.namespace() {
+        return Err(StoreError {
+            code: ErrorCode::InvalidArgument,
+            message: format!(
+                "cannot rename {name:?} to {new_name:?}: the model is in namespace {}, the new name would be in namespace {target}, and a rename cannot move a model between namespaces",
+                ballast.namespace()
+            ),
+            field: Some("new_name".into()),
+        });
+    }
     if resolve_id(db, new_name, default_ns)?.is_some_and(|other| other != id) {
         return Err(name_taken(new_name, "new_name"));
     }

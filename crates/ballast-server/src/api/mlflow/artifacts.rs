@@ -53,6 +53,15 @@ async fn multipart() -> MlError {
     )
 }
 
+/// The namespace whose registered versions an artifact path reads (`ballast-versions/<ns>/…`,
+/// leading and trailing `/` ignored), or `None` for a path of the proxy's own files.
+/// Authorization checks this namespace: reading a registered version's files through the
+/// proxy needs `read` on its namespace, as reading them natively does.
+pub(crate) fn native_namespace(path: &str) -> Option<&str> {
+    let rest = path.trim_matches('/').strip_prefix(NATIVE)?;
+    rest.split('/').next()
+}
+
 fn check_path(path: &str) -> MlResult<()> {
     validate_artifact_path(path).map_err(|e| MlError::invalid(e.message))
 }
@@ -161,6 +170,10 @@ pub(crate) async fn source_files(
     ctx: &Ctx,
 ) -> MlResult<(Vec<FileEntry>, bool)> {
     let mut uri = source.to_owned();
+    // Authorization checked `read` on the namespace of a `ballast-versions/` source given
+    // directly; one reached through a run or logged model was not checked, so it is not followed
+    // (runs and logged models created here never point there).
+    let direct = source.starts_with("mlflow-artifacts:");
     if let Some(id) = source.strip_prefix("models:/").filter(|s| s.starts_with("m-")) {
         if let Some(u) = tracking::logged_model_uri(state, id).await? {
             uri = u;
@@ -171,7 +184,7 @@ pub(crate) async fn source_files(
             uri = format!("{}/{}", u.trim_end_matches('/'), sub);
         }
     }
-    if let Some(p) = proxy_path(&uri) {
+    if let Some(p) = proxy_path(&uri).filter(|p| direct || native_namespace(p).is_none()) {
         let files = files_under(state, &p).await?;
         if !files.is_empty() {
             // The version will reference these blobs: touch them so that garbage collection

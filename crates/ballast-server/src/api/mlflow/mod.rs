@@ -21,8 +21,9 @@ use axum::Router;
 
 use crate::state::AppState;
 
+pub(crate) use artifacts::{native_namespace, proxy_path};
 pub(crate) use error::{error_table, MlError};
-pub(crate) use request::MlRequest;
+pub(crate) use request::{field_str, request_fields, MlRequest};
 
 /// Result of an MLflow handler.
 pub(crate) type MlResult<T> = Result<T, MlError>;

@@ -22,15 +22,7 @@ pub(crate) struct MlRequest {
 impl MlRequest {
     /// A field as text (numbers and booleans are given as their JSON text).
     pub(crate) fn str(&self, key: &str) -> Option<String> {
-        match self.fields.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            Value::Array(a) => a.last().map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            other => Some(other.to_string()),
-        }
+        field_str(&self.fields, key)
     }
 
     /// A required text field.
@@ -132,48 +124,73 @@ impl MlRequest {
     }
 }
 
+/// A field of an MLflow request as text, as handlers read it: the last of a repeated key or
+/// array, numbers and booleans as their JSON text.
+pub(crate) fn field_str(fields: &Map<String, Value>, key: &str) -> Option<String> {
+    match fields.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        Value::Array(a) => a.last().map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The fields of an MLflow request: the query string's (repeated keys make lists), then, for
+/// methods other than GET, the JSON body's (which win). Authorization reads the fields it
+/// checks through this same function, so it sees exactly what the handler will act on.
+pub(crate) fn request_fields(
+    uri: &axum::http::Uri,
+    method: &Method,
+    body: &[u8],
+) -> Result<Map<String, Value>, MlError> {
+    let mut fields = Map::new();
+    if let Some(q) = uri.query() {
+        let pairs: Vec<(String, String)> = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map(|q| q.0)
+            .map_err(|e| MlError::invalid(format!("invalid query string {q:?}: {e}")))?;
+        for (k, v) in pairs {
+            match fields.get_mut(&k) {
+                Some(Value::Array(a)) => a.push(Value::String(v)),
+                Some(existing) => {
+                    let first = existing.take();
+                    *existing = Value::Array(vec![first, Value::String(v)]);
+                }
+                None => {
+                    fields.insert(k, Value::String(v));
+                }
+            }
+        }
+    }
+    if method != Method::GET && !body.iter().all(u8::is_ascii_whitespace) {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => {
+                for (k, v) in m {
+                    fields.insert(k, v);
+                }
+            }
+            Ok(_) => return Err(MlError::invalid("the request body must be a JSON object")),
+            Err(e) => return Err(MlError::invalid(format!("malformed JSON body: {e}"))),
+        }
+    }
+    Ok(fields)
+}
+
 impl FromRequest<AppState> for MlRequest {
     type Rejection = MlError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.max_json_bytes;
         let (mut parts, body) = req.into_parts();
-        let mut fields = Map::new();
-        if let Some(q) = parts.uri.query() {
-            let pairs: Vec<(String, String)> =
-                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-                    .map(|q| q.0)
-                    .map_err(|e| MlError::invalid(format!("invalid query string {q:?}: {e}")))?;
-            for (k, v) in pairs {
-                match fields.get_mut(&k) {
-                    Some(Value::Array(a)) => a.push(Value::String(v)),
-                    Some(existing) => {
-                        let first = existing.take();
-                        *existing = Value::Array(vec![first, Value::String(v)]);
-                    }
-                    None => {
-                        fields.insert(k, Value::String(v));
-                    }
-                }
-            }
-        }
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
             MlError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("could not read the request body (at most {limit} bytes): {e}"),
             )
         })?;
-        if parts.method != Method::GET && !bytes.iter().all(u8::is_ascii_whitespace) {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(m)) => {
-                    for (k, v) in m {
-                        fields.insert(k, v);
-                    }
-                }
-                Ok(_) => return Err(MlError::invalid("the request body must be a JSON object")),
-                Err(e) => return Err(MlError::invalid(format!("malformed JSON body: {e}"))),
-            }
-        }
+        let fields = request_fields(&parts.uri, &parts.method, &bytes)?;
         let mut rc = {
             use axum::extract::FromRequestParts;
             RequestCtx::from_request_parts(&mut parts, state).await?

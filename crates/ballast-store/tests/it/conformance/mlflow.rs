@@ -216,6 +216,56 @@ pub async fn names_map_onto_registry_names_and_rename(store: Arc<dyn Store>) {
     super::assert_audit_matches_events(s).await;
 }
 
+/// An MLflow name's namespace depends on the name alone ([`mlflow_namespace`], which the
+/// server's authorization uses too): a model is created there, a name resolves only to a model
+/// there, and a rename cannot move a model to another namespace (refused, nothing changes).
+pub async fn a_name_acts_in_the_namespace_it_names(store: Arc<dyn Store>) {
+    use ballast_store::mlflow::mlflow_namespace;
+    for (mlflow_name, ns) in [
+        ("Fraud", NS),
+        ("acme/bot", "acme"),
+        ("Acme/Fraud Model", "acme"),
+        ("Team A/Churn", "team-a"),
+        (".x/Bot", ".x"),
+        ("a/b/c", "a"),
+        ("/lead", "model"),
+    ] {
+        assert_eq!(mlflow_namespace(mlflow_name, NS), ns, "{mlflow_name}");
+    }
+    let s = store.as_ref();
+    for mlflow_name in ["Acme/Fraud Model", ".x/Bot", "a/b/c", "Plain"] {
+        let m = create(s, mlflow_name).await;
+        assert_eq!(m.namespace(), mlflow_namespace(mlflow_name, NS), "{mlflow_name}");
+        assert_eq!(resolve(s, mlflow_name).await, Ok(m));
+    }
+    let before = trail(s).await;
+    for (from, to) in [
+        ("Acme/Fraud Model", "Fraud Model"),
+        ("Acme/Fraud Model", "Other/Fraud Model"),
+        ("Plain", "acme/plain"),
+    ] {
+        let e = s
+            .mlflow_rename_model(&ctx("bob"), from, to, NS)
+            .await
+            .expect_err("a rename across namespaces");
+        assert_eq!(
+            e.code,
+            ErrorCode::InvalidArgument,
+            "{from} -> {to}: {}",
+            e.message
+        );
+        assert_eq!(e.field.as_deref(), Some("new_name"));
+    }
+    assert_eq!(trail(s).await, before, "refused renames leave no trace");
+    assert_eq!(resolve(s, "Fraud Model").await, Err(ErrorCode::NotFound));
+    let renamed = s
+        .mlflow_rename_model(&ctx("bob"), "Acme/Fraud Model", "ACME/Fraud v2", NS)
+        .await
+        .expect("a rename within the namespace");
+    assert_eq!(renamed.model.name, "acme/fraud-model");
+    assert_eq!(resolve(s, "ACME/Fraud v2").await, Ok(name("acme/fraud-model")));
+}
+
 /// The search index lists every model under its MLflow name, oldest first, with tags and
 /// times; a name prefix matches exactly (case-sensitive, `%` and `_` are plain characters,
 /// non-ASCII counted by character); a page loads the given models with their versions and

@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             webhooks::leases_expire_and_lost_leases_cannot_finish,
             webhooks::attempts_retry_die_and_redeliver,
             mlflow::names_map_onto_registry_names_and_rename,
+            mlflow::a_name_acts_in_the_namespace_it_names,
             mlflow::the_search_index_filters_by_name_prefix,
             mlflow::versions_keep_their_mlflow_fields,
             mlflow::transitions_move_in_one_step_and_archive_the_others,
