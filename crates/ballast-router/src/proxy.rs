@@ -38,6 +38,16 @@ pub const H_ATTEMPTS: &str = "x-ballast-attempts";
 /// Request fields the router sets itself (besides the hop-by-hop ones it never forwards).
 const REQUEST_OWN: [&str; 4] = ["host", "content-length", "expect", "transfer-encoding"];
 
+/// Answer fields the router sets itself: the length (when it re-frames a body) and its own.
+const RESPONSE_OWN: [&str; 6] = [
+    "content-length",
+    H_ROUTE,
+    H_TARGET,
+    H_MODEL_VERSION,
+    H_REGION,
+    H_ATTEMPTS,
+];
+
 /// The client's connection.
 pub(crate) type ClientWire = Wire<TcpStream>;
 
@@ -284,8 +294,11 @@ fn encode_request(
     }
     let rest_chunked = match streamed {
         None => {
-            let had_body = !matches!(head.framing(), Ok(Framing::Length(0)));
-            if had_body || !body.is_empty() {
+            // A request that said how long its body is keeps saying it, even for an empty one
+            // (some servers refuse a POST without a length).
+            let framed =
+                head.fields.get("content-length").is_some() || head.fields.get("transfer-encoding").is_some();
+            if framed || !body.is_empty() {
                 out.extend_from_slice(b"content-length: ");
                 h1::put_u64(out, body.len() as u64);
                 out.extend_from_slice(b"\r\n");
@@ -721,8 +734,13 @@ async fn stream_response(shared: &Arc<Shared>, served: Served, ex: &mut Exchange
     let mut out = std::mem::take(ex.buf);
     out.clear();
     h1::put_status_line(&mut out, head.status, head.reason());
-    let drop_length: &[&str] = if chunked { &["content-length"] } else { &[] };
-    for (name, value) in h1::forwardable(&head.fields, drop_length) {
+    // The `x-ballast-*` fields are this router's to set (an upstream may be another router).
+    let own: &[&str] = if chunked {
+        &RESPONSE_OWN
+    } else {
+        &RESPONSE_OWN[1..]
+    };
+    for (name, value) in h1::forwardable(&head.fields, own) {
         h1::put_field(&mut out, name, value);
     }
     if chunked {

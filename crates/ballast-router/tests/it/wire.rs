@@ -388,3 +388,29 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_replaced_without_
     assert_eq!(router.target("p-a").await["consecutive_failures"], 0);
     assert_eq!(router.target_phase("p-a").await, "healthy");
 }
+
+#[tokio::test]
+async fn empty_bodies_keep_their_length_and_the_routers_own_fields_are_not_doubled() {
+    // An upstream that is itself behind a router says what served it; this router says it anew.
+    let up = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\nx-ballast-route: inner\r\nx-ballast-attempts: 3\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+            false,
+        )
+    })
+    .await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let answer = exchange_until_close(
+        &router,
+        b"POST /p/empty HTTP/1.1\r\ncontent-length: 0\r\n\r\nGET /p/none HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("x-ballast-route: ").count(), 2, "{answer}");
+    assert_eq!(answer.matches("x-ballast-route: p\r\n").count(), 2, "{answer}");
+    assert_eq!(answer.matches("x-ballast-attempts: 1\r\n").count(), 2, "{answer}");
+    assert!(!answer.contains("inner"), "{answer}");
+    let got = up.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].head.contains("content-length: 0\r\n"), "{}", got[0].head);
+    assert!(!got[1].head.contains("content-length"), "{}", got[1].head);
+}
