@@ -734,4 +734,82 @@ mod tests {
         put_status_line(&mut s, 404, "");
         assert_eq!(s, b"HTTP/1.1 404 Not Found\r\n");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_parse_to_a_head_an_error_or_a_wait(
+                bytes in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(b':')], 0..512),
+            ) {
+                // Raw, and behind a valid request line so the field parsing is reached too.
+                let mut behind_line = b"POST /x HTTP/1.1\r\n".to_vec();
+                behind_line.extend_from_slice(&bytes);
+                for input in [&bytes[..], &behind_line[..]] {
+                    let mut buf = BytesMut::from(input);
+                    if let Ok(Some(head)) = parse_request(&mut buf) {
+                        prop_assert!(head.target().starts_with('/') || head.target() == "*");
+                        let _ = head.framing();
+                        let _ = head.keep_alive();
+                        let _ = forwardable(&head.fields, &["host"]).count();
+                    }
+                }
+                let mut buf = BytesMut::from(&bytes[..]);
+                if let Ok(Some(head)) = parse_response(&mut buf) {
+                    let _ = head.framing(&Method::GET);
+                    let _ = head.reason();
+                }
+            }
+
+            #[test]
+            fn garbage_never_yields_more_than_it_was_given(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                chunked in any::<bool>(),
+            ) {
+                let mut d = BodyDecoder::new(if chunked { Framing::Chunked } else { Framing::Length(100) });
+                let mut buf = BytesMut::from(&bytes[..]);
+                let mut out = 0usize;
+                while let Ok(Some(Piece::Data(b))) = d.decode(&mut buf) {
+                    out += b.len();
+                }
+                prop_assert!(out <= bytes.len());
+            }
+
+            #[test]
+            fn chunked_bodies_survive_any_chunking_and_any_split(
+                body in proptest::collection::vec(any::<u8>(), 0..2048),
+                sizes in proptest::collection::vec(1usize..300, 1..20),
+                cut in 0usize..4096,
+            ) {
+                let mut wire = Vec::new();
+                let mut rest = &body[..];
+                let mut i = 0;
+                while !rest.is_empty() {
+                    let n = sizes[i % sizes.len()].min(rest.len());
+                    put_chunk(&mut wire, &rest[..n]);
+                    rest = &rest[n..];
+                    i += 1;
+                }
+                wire.extend_from_slice(LAST_CHUNK);
+                let cut = cut.min(wire.len());
+                let mut d = BodyDecoder::new(Framing::Chunked);
+                let mut buf = BytesMut::new();
+                let mut out = Vec::new();
+                let mut ended = false;
+                for part in [&wire[..cut], &wire[cut..]] {
+                    buf.extend_from_slice(part);
+                    while let Some(p) = d.decode(&mut buf).unwrap() {
+                        match p {
+                            Piece::Data(b) => out.extend_from_slice(&b),
+                            Piece::End => { ended = true; break; }
+                        }
+                    }
+                }
+                prop_assert!(ended);
+                prop_assert_eq!(out, body);
+            }
+        }
+    }
 }
