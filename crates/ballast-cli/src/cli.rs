@@ -263,6 +263,23 @@ pub struct RouterArgs {
         default_value_t = 60
     )]
     pub stream_idle_timeout_secs: u64,
+    /// Close a client connection that has no request under way for this many seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "BALLAST_ROUTER_CLIENT_IDLE_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub client_idle_timeout_secs: u64,
+    /// Give a client this many seconds to finish a request head it started (slow or stuck
+    /// clients do not hold connections forever).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "BALLAST_ROUTER_CLIENT_HEAD_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub client_head_timeout_secs: u64,
     /// API token sent to the registry (--registry) as a Bearer token.
     #[arg(
         long,

@@ -51,6 +51,11 @@ pub struct RouterConfig {
     pub workers: usize,
     /// A PEM file of extra CA certificates trusted for `https` targets (beside the Web PKI roots).
     pub upstream_ca: Option<PathBuf>,
+    /// A client connection with no request under way is closed after this long.
+    pub client_idle_timeout: Duration,
+    /// A client that started a request head has this long to finish it (slow clients, and
+    /// clients that never finish, do not hold a connection forever).
+    pub client_head_timeout: Duration,
 }
 
 impl RouterConfig {
@@ -74,6 +79,8 @@ impl RouterConfig {
             upstream_ca: None,
             registry_token: None,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            client_idle_timeout: Duration::from_secs(300),
+            client_head_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -49,10 +49,6 @@ struct Front {
 
 /// Largest request body the router's own endpoints read.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
-/// How long a kept-alive connection may sit idle between requests.
-const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(300);
-/// How long a client has to complete a request head once it started sending it.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for the client to stop sending (so the last answer is
 /// not lost to a reset), and how much it reads meanwhile at most.
 const LINGER: Duration = Duration::from_secs(1);
@@ -147,11 +143,14 @@ async fn refuse(wire: &mut ClientWire, minor: u8, status: http::StatusCode, err:
 /// Reads the next request head; `None` when the connection closed, went idle too long, or the
 /// router is draining and no request is under way.
 async fn next_head(
+    config: &crate::config::RouterConfig,
     wire: &mut ClientWire,
     drain: &mut watch::Receiver<bool>,
     timer: &mut std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Result<Option<RequestHead>, H1Error> {
-    let mut armed = false;
+    // Which timer is armed: `Some(true)` waiting for a request, `Some(false)` for the rest of a
+    // head that started (armed once, so a client trickling bytes cannot extend it).
+    let mut armed: Option<bool> = None;
     loop {
         if !wire.rbuf.is_empty() {
             if let Some(head) = h1::parse_request(&mut wire.rbuf)? {
@@ -159,10 +158,14 @@ async fn next_head(
             }
         }
         let idle = wire.rbuf.is_empty();
-        if !armed || !idle {
-            let wait = if idle { KEEP_ALIVE_IDLE } else { HEAD_TIMEOUT };
+        if armed != Some(idle) {
+            let wait = if idle {
+                config.client_idle_timeout
+            } else {
+                config.client_head_timeout
+            };
             timer.as_mut().reset(tokio::time::Instant::now() + wait);
-            armed = true;
+            armed = Some(idle);
         }
         let read = tokio::select! {
             biased;
@@ -205,10 +208,10 @@ async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, mut drain: wa
     let _ = tcp.set_nodelay(true);
     let mut wire = Wire::new(tcp);
     let mut buf = Vec::with_capacity(1024);
-    let timer = tokio::time::sleep(KEEP_ALIVE_IDLE);
+    let timer = tokio::time::sleep(front.shared.config.client_idle_timeout);
     tokio::pin!(timer);
     loop {
-        let head = match next_head(&mut wire, &mut drain, &mut timer).await {
+        let head = match next_head(&front.shared.config, &mut wire, &mut drain, &mut timer).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {

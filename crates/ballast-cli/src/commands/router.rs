@@ -30,6 +30,8 @@ pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
         config.workers = n.min(256);
     }
     config.stream_idle_timeout = std::time::Duration::from_secs(args.stream_idle_timeout_secs.max(1));
+    config.client_idle_timeout = std::time::Duration::from_secs(args.client_idle_timeout_secs.max(1));
+    config.client_head_timeout = std::time::Duration::from_secs(args.client_head_timeout_secs.max(1));
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;

@@ -414,3 +414,65 @@ async fn empty_bodies_keep_their_length_and_the_routers_own_fields_are_not_doubl
     assert!(got[0].head.contains("content-length: 0\r\n"), "{}", got[0].head);
     assert!(!got[1].head.contains("content-length"), "{}", got[1].head);
 }
+
+#[tokio::test]
+async fn idle_clients_and_clients_that_never_finish_a_head_are_let_go() {
+    let up = scripted(|_| (ok("{}"), false)).await;
+    let router = TestRouter::start_with("eu", &prefix_routes(&up, 1024), |c| {
+        c.client_idle_timeout = Duration::from_millis(300);
+        c.client_head_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let closed_within = |mut s: TcpStream, within: Duration| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(within, s.read_to_end(&mut rest))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    // Silent from the start.
+    let s = TcpStream::connect(router.addr).await.unwrap();
+    assert!(
+        closed_within(s, Duration::from_secs(3)).await,
+        "an idle connection is closed"
+    );
+    // Idle after a request.
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(b"GET /p/a HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut got = vec![0u8; 12];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+    assert!(
+        closed_within(s, Duration::from_secs(3)).await,
+        "an idle kept-alive connection is closed"
+    );
+    // A head trickled byte by byte never completes: the head's own time limit ends it, however
+    // often a byte arrives.
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(b"GET /p/slow HTTP/1.1\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a head that never ends is cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(up
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.head.contains("/p/slow")));
+}
