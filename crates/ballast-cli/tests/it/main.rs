@@ -4,6 +4,7 @@
 
 mod audit;
 mod cli;
+mod completion;
 mod crash;
 mod dboutage;
 mod governance;
@@ -15,5 +16,6 @@ mod retention;
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../../ballast-blob/tests/it/s3s.rs"]
 mod s3s;
+mod server_log;
 mod support;
 mod webhooks;

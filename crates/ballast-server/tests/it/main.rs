@@ -5,10 +5,12 @@
 mod app;
 mod authz;
 mod bad_input;
+mod completion;
 mod concurrency;
 mod downloads;
 mod durability;
 mod events;
+mod gc_schedule;
 mod governance;
 mod idempotency;
 mod lifecycle;
