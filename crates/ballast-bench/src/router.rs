@@ -543,10 +543,13 @@ struct Report {
     config: RunConfig,
     fixed_rate_direct: FixedRateSummary,
     fixed_rate_router: FixedRateSummary,
+    /// The direct requests of HAProxy's own fixed-rate phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fixed_rate_direct_beside_haproxy: Option<FixedRateSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fixed_rate_haproxy: Option<FixedRateSummary>,
     overhead: Overhead,
-    /// HAProxy − direct, for reference (same phase).
+    /// HAProxy − direct, for reference (its own phase, same shape as the router's).
     #[serde(skip_serializing_if = "Option::is_none")]
     haproxy_overhead: Option<Overhead>,
     throughput_direct: Throughput,
@@ -580,7 +583,8 @@ struct Setup<'a> {
 struct Measured {
     direct_rate: FixedRateSummary,
     router_rate: FixedRateSummary,
-    haproxy_rate: Option<FixedRateSummary>,
+    /// HAProxy's fixed-rate phase: its direct requests and its own.
+    haproxy_rate: Option<(FixedRateSummary, FixedRateSummary)>,
     direct_max: Throughput,
     router_max: Throughput,
     haproxy_max: Option<Throughput>,
@@ -608,15 +612,23 @@ async fn phases(s: &Setup<'_>) -> anyhow::Result<Measured> {
     }
     drop(conn);
 
+    // Each proxy is measured against direct requests in a phase of its own, of the same shape:
+    // the other proxy's load is not on the machine meanwhile.
     eprintln!(
-        "[1/2] fixed rate {} req/s each to the backend, through the router and through HAProxy if installed (interleaved), {} connections \
+        "[1/3] fixed rate {} req/s each to the backend and through the router (interleaved), {} connections \
          each, for {:?} (+{:?} warm-up), open loop",
         args.rate,
         args.rate_connections,
         args.duration(),
         s.warmup
     );
-    // HAProxy runs through both phases (as a reference for the latency too) when it is there.
+    let mut all = fixed_rate(&[("direct", s.backend), ("router", s.router)], args, s.warmup)
+        .await?
+        .into_iter();
+    let (Some(direct_rate), Some(router_rate)) = (all.next(), all.next()) else {
+        bail!("the fixed-rate phase returned no figures");
+    };
+    // HAProxy runs through its latency phase and its throughput phase when it is there.
     let (mut haproxy_proc, haproxy) = match &s.haproxy {
         None => (None, "haproxy: not available".to_owned()),
         Some((bin, dir)) => match start_haproxy(bin, dir, s.backend) {
@@ -638,18 +650,25 @@ async fn phases(s: &Setup<'_>) -> anyhow::Result<Measured> {
             Err(e) => (None, format!("haproxy: not available ({e:#})")),
         },
     };
-    let mut targets = vec![("direct", s.backend), ("router", s.router)];
-    if let Some((_, addr)) = &haproxy_proc {
-        targets.push(("haproxy", *addr));
-    }
-    let mut all = fixed_rate(&targets, args, s.warmup).await?.into_iter();
-    let (Some(direct_rate), Some(router_rate)) = (all.next(), all.next()) else {
-        bail!("the fixed-rate phase returned no figures");
+    let haproxy_rate = match &haproxy_proc {
+        None => None,
+        Some((_, addr)) => {
+            eprintln!(
+                "[2/3] the same through HAProxy: {} req/s each to the backend and through HAProxy (interleaved)",
+                args.rate
+            );
+            let mut all = fixed_rate(&[("direct", s.backend), ("haproxy", *addr)], args, s.warmup)
+                .await?
+                .into_iter();
+            let (Some(d), Some(h)) = (all.next(), all.next()) else {
+                bail!("HAProxy's fixed-rate phase returned no figures");
+            };
+            Some((d, h))
+        }
     };
-    let haproxy_rate = all.next();
 
     eprintln!(
-        "[2/2] max throughput, closed loop, {} keep-alive connections, {:?} each",
+        "[3/3] max throughput, closed loop, {} keep-alive connections, {:?} each",
         args.connections,
         args.duration()
     );
@@ -680,6 +699,7 @@ fn details(r: &Report) -> String {
     for f in [
         Some(&r.fixed_rate_direct),
         Some(&r.fixed_rate_router),
+        r.fixed_rate_direct_beside_haproxy.as_ref(),
         r.fixed_rate_haproxy.as_ref(),
     ]
     .into_iter()
@@ -866,10 +886,7 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     stopped_backend?;
 
     let overhead = Overhead::between(&m.router_rate, &m.direct_rate);
-    let haproxy_overhead = m
-        .haproxy_rate
-        .as_ref()
-        .map(|h| Overhead::between(h, &m.direct_rate));
+    let haproxy_overhead = m.haproxy_rate.as_ref().map(|(d, h)| Overhead::between(h, d));
     let router_vs_haproxy_pct = m
         .haproxy_max
         .as_ref()
@@ -968,8 +985,9 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     notes.extend([
         "backend, proxies and load generator share this machine; ratios are measured in one run".to_owned(),
         "fixed-rate latency runs from each request's scheduled time (open loop); service latency from writing it; \
-         direct, router and (when installed) HAProxy requests are interleaved in one phase, each at the given rate, \
-         so HAProxy's added latency is a reference for what one extra hop costs on this machine"
+         the router's phase interleaves direct and router requests, HAProxy's own phase (same shape, run next) direct and \
+         HAProxy requests, each at the given rate, so HAProxy's added latency is a reference for what one extra hop \
+         costs on this machine, measured without the other proxy's load"
             .to_owned(),
         "the backend is an in-process raw HTTP/1.1 server answering a fixed chat-completion body".to_owned(),
         "every request names one of the routes in turn (all route to the backend)".to_owned(),
@@ -977,6 +995,8 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
             .to_owned(),
         "RSS figure: the larger of VmRSS after the load and VmHWM (peak) of the router; MB = 10^6 bytes".to_owned(),
     ]);
+    let (fixed_rate_direct_beside_haproxy, fixed_rate_haproxy) =
+        m.haproxy_rate.map_or((None, None), |(d, h)| (Some(d), Some(h)));
     let report = Report {
         benchmark: "router",
         machine,
@@ -997,7 +1017,8 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         },
         fixed_rate_direct: m.direct_rate,
         fixed_rate_router: m.router_rate,
-        fixed_rate_haproxy: m.haproxy_rate,
+        fixed_rate_direct_beside_haproxy,
+        fixed_rate_haproxy,
         haproxy_overhead,
         overhead,
         throughput_direct: m.direct_max,
