@@ -267,6 +267,20 @@ fn fields_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>,
         .collect()
 }
 
+/// The length of a head `httparse` found complete; `None` while it is incomplete (and the
+/// buffered `len` bytes are within the limit).
+fn head_len(parsed: httparse::Result<usize>, len: usize) -> Result<Option<usize>, H1Error> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Err(H1Error::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) if len > MAX_HEAD => Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(H1Error::Head(e.to_string())),
+    }
+}
+
 /// Parses a request head at the start of `buf`; on success the head's bytes are taken off it.
 /// `Ok(None)`: incomplete (read more).
 ///
@@ -275,21 +289,9 @@ fn fields_of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>,
 pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H1Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD {
-                Err(H1Error::HeadTooLarge)
-            } else {
-                Ok(None)
-            }
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
-        Err(e) => return Err(H1Error::Head(e.to_string())),
+    let Some(n) = head_len(req.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    if n > MAX_HEAD {
-        return Err(H1Error::HeadTooLarge);
-    }
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| H1Error::Head("invalid method".to_owned()))?;
     let path = req.path.unwrap_or_default();
@@ -319,21 +321,9 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H1Error>
 pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD {
-                Err(H1Error::HeadTooLarge)
-            } else {
-                Ok(None)
-            }
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::HeadTooLarge),
-        Err(e) => return Err(H1Error::Head(e.to_string())),
+    let Some(n) = head_len(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
-    if n > MAX_HEAD {
-        return Err(H1Error::HeadTooLarge);
-    }
     let status = resp.code.unwrap_or(0);
     let reason = resp.reason.map_or(0..0, |r| range_of(buf, r.as_bytes()));
     let minor = resp.version.unwrap_or(1);

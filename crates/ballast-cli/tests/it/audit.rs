@@ -2,38 +2,10 @@
 //! naming the entry that was altered in the database behind the server's back.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{bin, token_for, ServerProc};
-
-fn run_as(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("BALLAST_URL", url)
-        .env("BALLAST_TOKEN", token)
-        .output()
-        .unwrap()
-}
-
-fn json_as(url: &str, token: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run_as(url, token, &all);
-    assert!(
-        out.status.success(),
-        "ballast {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ballast {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use crate::support::{json_as, run_as, token_for, ServerProc};
 
 /// `(id, actor, action, target)` of every listed entry.
 fn entries(list: &Value) -> Vec<(u64, String, String, String)> {

@@ -1,45 +1,15 @@
 //! `ballast transition complete` as a maintainer runs it: the version moves with its audit
 //! entries and the chain verifies; other roles are refused; a decided request stays decided.
 
-use std::process::{Command, Output};
-
 use serde_json::Value;
 
-use crate::support::{bin, token_for, ServerProc};
-
-fn run(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("BALLAST_URL", url)
-        .env("BALLAST_TOKEN", token)
-        .env_remove("BALLAST_ACTOR")
-        .output()
-        .unwrap()
-}
-
-fn json(url: &str, token: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(url, token, &all);
-    assert!(
-        out.status.success(),
-        "ballast {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ballast {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
+use crate::support::{json_as, run_as, token_for, ServerProc};
 
 /// Runs a command that must fail with exit code 1; returns its stderr and its JSON error.
 fn refused(url: &str, token: &str, args: &[&str]) -> (String, Value) {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let out = run(url, token, &all);
+    let out = run_as(url, token, &all);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -58,20 +28,20 @@ fn refused(url: &str, token: &str, args: &[&str]) -> (String, Value) {
 /// Everything a refused completion must leave alone: the audit trail (ids and hashes), the
 /// version and the request.
 fn state(url: &str, token: &str, id: &str) -> (Vec<(u64, String)>, Value, Value) {
-    let audit = json(url, token, &["audit", "list", "--limit", "1000"]);
+    let audit = json_as(url, token, &["audit", "list", "--limit", "1000"]);
     let entries = audit["entries"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| (e["id"].as_u64().unwrap(), e["hash"].as_str().unwrap().to_owned()))
         .collect();
-    let v = json(url, token, &["version", "get", "acme/bot/1"]);
-    let r = json(url, token, &["transition", "show", "acme/bot", id]);
+    let v = json_as(url, token, &["version", "get", "acme/bot/1"]);
+    let r = json_as(url, token, &["transition", "show", "acme/bot", id]);
     (entries, v, r)
 }
 
 fn new_token(url: &str, admin: &str, principal: &str, role: &str) -> String {
-    let created = json(
+    let created = json_as(
         url,
         admin,
         &["token", "create", principal, "--role", &format!("acme={role}")],
@@ -97,21 +67,21 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
         "risk: medium\napprovals:\n  medium: { staging: 0, production: 2 }\n",
     )
     .unwrap();
-    json(url, &alice, &["policy", "set", "acme", policy.to_str().unwrap()]);
-    json(url, &alice, &["model", "create", "acme/bot"]);
+    json_as(url, &alice, &["policy", "set", "acme", policy.to_str().unwrap()]);
+    json_as(url, &alice, &["model", "create", "acme/bot"]);
     let src = dir.path().join("model");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("weights.bin"), b"weights").unwrap();
-    json(url, &alice, &["push", "acme/bot", src.to_str().unwrap()]);
-    json(url, &alice, &["version", "stage", "acme/bot/1", "staging"]);
-    let pending = json(url, &alice, &["version", "stage", "acme/bot/1", "production"]);
+    json_as(url, &alice, &["push", "acme/bot", src.to_str().unwrap()]);
+    json_as(url, &alice, &["version", "stage", "acme/bot/1", "staging"]);
+    let pending = json_as(url, &alice, &["version", "stage", "acme/bot/1", "production"]);
     assert_eq!(
         (&pending["state"], &pending["required_approvals"]),
         (&Value::from("pending"), &Value::from(2)),
         "{pending}"
     );
     let id = pending["id"].as_u64().unwrap().to_string();
-    let one = json(url, &bob, &["transition", "approve", "acme/bot", &id]);
+    let one = json_as(url, &bob, &["transition", "approve", "acme/bot", &id]);
     assert_eq!(
         (&one["state"], &one["approvals"]),
         (&Value::from("pending"), &Value::from(1))
@@ -130,7 +100,7 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
     assert_eq!(state(url, &admin, &id), before);
 
     // The maintainer completes it with one approval of two.
-    let out = run(
+    let out = run_as(
         url,
         &mara,
         &["transition", "complete", "acme/bot", &id, "-m", "release window"],
@@ -143,7 +113,7 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
         )),
         "{text}"
     );
-    let shown = json(url, &mara, &["transition", "show", "acme/bot", &id]);
+    let shown = json_as(url, &mara, &["transition", "show", "acme/bot", &id]);
     assert_eq!(shown["state"], "completed");
     assert_eq!(shown["closed_by"], "mara");
     assert_eq!(
@@ -151,12 +121,12 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
         "completed by mara with 1 of 2 approval(s): release window"
     );
     assert_eq!(
-        json(url, &mara, &["version", "get", "acme/bot/1"])["stage"],
+        json_as(url, &mara, &["version", "get", "acme/bot/1"])["stage"],
         "production"
     );
 
     // The move and the completion are mara's, from the same request, one after the other.
-    let by_mara = json(url, &admin, &["audit", "list", "--by", "mara"]);
+    let by_mara = json_as(url, &admin, &["audit", "list", "--by", "mara"]);
     let entries = by_mara["entries"].as_array().unwrap();
     let got: Vec<(&str, &str)> = entries
         .iter()
@@ -176,7 +146,7 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
         entries[0]["id"].as_u64().unwrap() + 1
     );
     assert_eq!(entries[0]["after"]["stage"], "production");
-    let out = run(url, &admin, &["audit", "verify"]);
+    let out = run_as(url, &admin, &["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
 
@@ -191,6 +161,6 @@ async fn a_maintainer_completes_a_transition_through_the_cli() {
         "{stderr}"
     );
     assert_eq!(state(url, &admin, &id), before);
-    let out = run(url, &admin, &["audit", "verify"]);
+    let out = run_as(url, &admin, &["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -2,11 +2,10 @@
 //! refused, a failed gate named on stderr, and versions compared side by side.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::support::{authed_client, bin, ServerProc};
+use crate::support::{authed_client, json_as, run_as, ServerProc};
 
 /// A token for `principal` with admin on every namespace.
 async fn token(data_dir: &Path, url: &str, principal: &str) -> String {
@@ -21,35 +20,8 @@ async fn token(data_dir: &Path, url: &str, principal: &str) -> String {
     v["secret"].as_str().unwrap().to_owned()
 }
 
-fn run(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("BALLAST_URL", url)
-        .env("BALLAST_TOKEN", token)
-        .output()
-        .unwrap()
-}
-
-fn json_ok(url: &str, token: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(url, token, &all);
-    assert!(
-        out.status.success(),
-        "ballast {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ballast {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 fn fails(url: &str, token: &str, args: &[&str]) -> String {
-    let out = run(url, token, args);
+    let out = run_as(url, token, args);
     assert_eq!(out.status.code(), Some(1), "ballast {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -69,18 +41,18 @@ async fn policies_requests_reviews_and_comparisons_through_the_cli() {
         "risk: medium\napprovals:\n  medium: { staging: 1, production: 1 }\ngates:\n  production:\n    - accuracy >= 0.92\n",
     )
     .unwrap();
-    let set = json_ok(url, &alice, &["policy", "set", "acme", policy.to_str().unwrap()]);
+    let set = json_as(url, &alice, &["policy", "set", "acme", policy.to_str().unwrap()]);
     assert_eq!(set["revision"], 1);
-    let got = json_ok(url, &alice, &["policy", "get", "acme"]);
+    let got = json_as(url, &alice, &["policy", "get", "acme"]);
     assert_eq!(got["policy"]["gates"]["production"][0], "accuracy >= 0.92");
     // A malformed rule is refused with its text, and the stored policy stays.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"gates": {"staging": ["accuracy >> 1"]}}"#).unwrap();
     let err = fails(url, &alice, &["policy", "set", "acme", bad.to_str().unwrap()]);
     assert!(err.contains("accuracy >> 1"), "{err}");
-    assert_eq!(json_ok(url, &alice, &["policy", "get", "acme"])["revision"], 1);
+    assert_eq!(json_as(url, &alice, &["policy", "get", "acme"])["revision"], 1);
 
-    json_ok(url, &alice, &["model", "create", "acme/bot"]);
+    json_as(url, &alice, &["model", "create", "acme/bot"]);
     for acc in ["0.9", "0.95"] {
         let src = dir.path().join(format!("v{acc}"));
         std::fs::create_dir_all(&src).unwrap();
@@ -91,7 +63,7 @@ async fn policies_requests_reviews_and_comparisons_through_the_cli() {
             format!("metrics: {{ accuracy: {acc} }}\nhyperparameters: {{ lr: {acc} }}\n"),
         )
         .unwrap();
-        json_ok(
+        json_as(
             url,
             &alice,
             &[
@@ -105,7 +77,7 @@ async fn policies_requests_reviews_and_comparisons_through_the_cli() {
     }
 
     // Staging waits for a reviewer other than the requester.
-    let pending = json_ok(url, &alice, &["version", "stage", "acme/bot/1", "staging"]);
+    let pending = json_as(url, &alice, &["version", "stage", "acme/bot/1", "staging"]);
     assert_eq!(pending["state"], "pending");
     let id = pending["id"].as_u64().unwrap().to_string();
     let err = fails(url, &alice, &["transition", "approve", "acme/bot", &id]);
@@ -113,14 +85,14 @@ async fn policies_requests_reviews_and_comparisons_through_the_cli() {
         err.contains("permission_denied") && err.contains("cannot approve"),
         "{err}"
     );
-    let done = json_ok(
+    let done = json_as(
         url,
         &bob,
         &["transition", "approve", "acme/bot", &id, "-m", "looks good"],
     );
     assert_eq!(done["state"], "completed");
     assert_eq!(
-        json_ok(url, &bob, &["version", "get", "acme/bot/1"])["stage"],
+        json_as(url, &bob, &["version", "get", "acme/bot/1"])["stage"],
         "staging"
     );
 
@@ -131,33 +103,33 @@ async fn policies_requests_reviews_and_comparisons_through_the_cli() {
         "{err}"
     );
 
-    let list = json_ok(
+    let list = json_as(
         url,
         &bob,
         &["transition", "list", "acme/bot", "--state", "gates_failed"],
     );
     assert_eq!(list["requests"].as_array().unwrap().len(), 1);
-    let all = json_ok(url, &bob, &["transition", "list"]);
+    let all = json_as(url, &bob, &["transition", "list"]);
     assert_eq!(all["requests"].as_array().unwrap().len(), 2, "{all}");
-    let shown = run(url, &bob, &["transition", "show", "acme/bot", &id]);
+    let shown = run_as(url, &bob, &["transition", "show", "acme/bot", &id]);
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("bob") && text.contains("looks good"), "{text}");
 
-    let c = json_ok(url, &bob, &["version", "compare", "acme/bot", "1", "2"]);
+    let c = json_as(url, &bob, &["version", "compare", "acme/bot", "1", "2"]);
     assert_eq!(c["versions"][0]["production_gates_passed"], false);
     assert_eq!(c["versions"][1]["production_gates_passed"], true);
     let delta = c["metrics"][0]["deltas"][1].as_f64().unwrap();
     assert!((delta - 0.05).abs() < 1e-9, "{c}");
-    let table = run(url, &bob, &["version", "compare", "acme/bot", "1", "2"]);
+    let table = run_as(url, &bob, &["version", "compare", "acme/bot", "1", "2"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.contains("metric accuracy") && text.contains("+0.05"),
         "{text}"
     );
 
-    let out = run(url, &alice, &["policy", "rm", "acme"]);
+    let out = run_as(url, &alice, &["policy", "rm", "acme"]);
     assert!(out.status.success());
     // Without a policy, the move goes straight through.
-    let moved = json_ok(url, &alice, &["version", "stage", "acme/bot/2", "staging"]);
+    let moved = json_as(url, &alice, &["version", "stage", "acme/bot/2", "staging"]);
     assert_eq!(moved["version"]["stage"], "staging");
 }

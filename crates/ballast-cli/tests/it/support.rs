@@ -199,3 +199,34 @@ pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `ballast ARGS` against the server at `url` with `token` (and no actor from the
+/// environment).
+pub fn run_as(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .env("BALLAST_URL", url)
+        .env("BALLAST_TOKEN", token)
+        .env_remove("BALLAST_ACTOR")
+        .output()
+        .unwrap()
+}
+
+/// Runs `ballast --json ARGS` as [`run_as`] does; it must succeed and print JSON.
+pub fn json_as(url: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run_as(url, token, &all);
+    assert!(
+        out.status.success(),
+        "ballast {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ballast {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
