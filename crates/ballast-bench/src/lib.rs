@@ -82,7 +82,7 @@ pub struct RouterArgs {
     /// Worker threads of the backend's runtime. One by default: the backend and the load
     /// generator share the machine with the proxy under test, and more runnable threads than
     /// cores turn the latency and throughput figures into run-queue waits (one thread each
-    /// still drives ~85,000 req/s direct on 2 cores, well above what a proxy reaches).
+    /// still drives about 80,000 req/s direct on 2 cores, well above what a proxy reaches).
     #[arg(long, default_value_t = 1)]
     pub backend_threads: usize,
     /// Worker threads of the load generator's runtime (one by default; see `--backend-threads`).

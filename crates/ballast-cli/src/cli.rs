@@ -271,8 +271,8 @@ pub struct RouterArgs {
         default_value_t = 300
     )]
     pub client_idle_timeout_secs: u64,
-    /// Give a client this many seconds to finish a request head it started (slow or stuck
-    /// clients do not hold connections forever).
+    /// Give a client this many seconds to finish a request head it started, and let a request
+    /// body pause no longer than this (slow or stuck clients do not hold connections forever).
     #[arg(
         long,
         value_name = "SECS",

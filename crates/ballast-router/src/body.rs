@@ -5,6 +5,8 @@
 //! client connection; once a byte of the rest was read it cannot be sent again, so that request
 //! is not retried after its body started to flow.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -32,6 +34,9 @@ pub enum BodyError {
     /// The body is malformed.
     #[error(transparent)]
     Framing(#[from] H1Error),
+    /// The client sent nothing of the rest of its body for too long.
+    #[error("the client sent no byte of its request body for {} ms", .0.as_millis())]
+    Stalled(Duration),
 }
 
 /// The reading state of one request's body on its client connection.
@@ -43,20 +48,24 @@ pub struct ClientBody {
     continue_pending: bool,
     /// A byte past the replay buffer was read (the body can no longer be sent again).
     started: bool,
+    /// Longest wait for the next bytes of the body.
+    stall: Duration,
     /// Reading the body failed.
     failed: bool,
 }
 
 impl ClientBody {
     /// A body framed as `framing`; `expect_continue` when the client sent
-    /// `Expect: 100-continue` (answered when the body is first read).
+    /// `Expect: 100-continue` (answered when the body is first read). A client that sends no
+    /// byte of its body for `stall` has failed it.
     #[must_use]
-    pub fn new(framing: Framing, expect_continue: bool) -> Self {
+    pub fn new(framing: Framing, expect_continue: bool, stall: Duration) -> Self {
         Self {
             framing,
             decoder: BodyDecoder::new(framing),
             continue_pending: expect_continue,
             started: false,
+            stall,
             failed: false,
         }
     }
@@ -114,8 +123,12 @@ impl ClientBody {
                 self.continue_pending = false;
                 wire.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             }
-            if wire.fill().await? == 0 {
-                return Err(BodyError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            match tokio::time::timeout(self.stall, wire.fill()).await {
+                Err(_) => return Err(BodyError::Stalled(self.stall)),
+                Ok(Ok(0)) => return Err(BodyError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(r) => {
+                    r?;
+                }
             }
         }
     }
@@ -187,12 +200,26 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt as _;
 
+    const STALL: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_fails_after_the_stall_limit() {
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let mut wire = Wire::new(ours);
+        peer.write_all(b"abc").await.unwrap();
+        let mut body = ClientBody::new(Framing::Length(10), false, Duration::from_millis(50));
+        let err = body.read_bounded(&mut wire, 100).await.unwrap_err();
+        assert!(matches!(err, BodyError::Stalled(_)), "{err}");
+        assert!(body.client_failed());
+        drop(peer);
+    }
+
     #[tokio::test]
     async fn small_bodies_are_whole_and_large_ones_leave_their_rest() {
         let (mut peer, ours) = tokio::io::duplex(1024);
         let mut wire = Wire::new(ours);
         peer.write_all(b"hello").await.unwrap();
-        let mut body = ClientBody::new(Framing::Length(5), false);
+        let mut body = ClientBody::new(Framing::Length(5), false, STALL);
         let RequestBody::Full(b) = body.read_bounded(&mut wire, 10).await.unwrap() else {
             panic!("expected full")
         };
@@ -200,7 +227,7 @@ mod tests {
         assert!(body.is_done());
 
         peer.write_all(b"4\r\naaaa\r\n4\r\nbbbb\r\n").await.unwrap();
-        let mut body = ClientBody::new(Framing::Chunked, false);
+        let mut body = ClientBody::new(Framing::Chunked, false, STALL);
         let RequestBody::Partial(head) = body.read_bounded(&mut wire, 5).await.unwrap() else {
             panic!("expected partial")
         };
@@ -220,7 +247,7 @@ mod tests {
     async fn a_body_cut_short_is_the_clients_failure_and_continue_is_sent_once() {
         let (mut peer, ours) = tokio::io::duplex(1024);
         let mut wire = Wire::new(ours);
-        let mut body = ClientBody::new(Framing::Length(10), true);
+        let mut body = ClientBody::new(Framing::Length(10), true, STALL);
         let reader = tokio::spawn(async move {
             let r = body.read_bounded(&mut wire, 100).await;
             (r.is_err(), body.client_failed())

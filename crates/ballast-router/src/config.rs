@@ -53,8 +53,9 @@ pub struct RouterConfig {
     pub upstream_ca: Option<PathBuf>,
     /// A client connection with no request under way is closed after this long.
     pub client_idle_timeout: Duration,
-    /// A client that started a request head has this long to finish it (slow clients, and
-    /// clients that never finish, do not hold a connection forever).
+    /// A client that started a request head has this long to finish it, and a request body
+    /// may pause this long at most between two reads (slow clients, and clients that never
+    /// finish, do not hold a connection forever).
     pub client_head_timeout: Duration,
 }
 

@@ -240,7 +240,7 @@ async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, mut drain: wa
         };
         let keep_alive = head.keep_alive() && !*drain.borrow();
         let expect_continue = head.minor >= 1 && head.fields.has_token("expect", "100-continue");
-        let mut body = ClientBody::new(framing, expect_continue);
+        let mut body = ClientBody::new(framing, expect_continue, front.shared.config.client_head_timeout);
         let go_on = if is_own_endpoint(head.path()) {
             front.own_endpoint(&head, &mut body, &mut wire, keep_alive).await
         } else {

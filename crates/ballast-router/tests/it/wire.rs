@@ -469,10 +469,24 @@ async fn idle_clients_and_clients_that_never_finish_a_head_are_let_go() {
         "{:?}",
         started.elapsed()
     );
+    // A body that stops coming is the client's failure: answered and closed, never forwarded.
+    let started = std::time::Instant::now();
+    let answer = exchange_until_close(
+        &router,
+        b"POST /p/stalled HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("no byte of its request body"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(up
         .received
         .lock()
         .unwrap()
         .iter()
-        .all(|r| !r.head.contains("/p/slow")));
+        .all(|r| !r.head.contains("/p/slow") && !r.head.contains("/p/stalled")));
 }
