@@ -490,3 +490,59 @@ async fn idle_clients_and_clients_that_never_finish_a_head_are_let_go() {
         .iter()
         .all(|r| !r.head.contains("/p/slow") && !r.head.contains("/p/stalled")));
 }
+
+#[tokio::test]
+async fn garbage_on_the_wire_never_takes_the_router_down() {
+    use rand::{Rng as _, SeedableRng as _};
+    let up = scripted(|_| (ok("{}"), false)).await;
+    let router = TestRouter::start_with("eu", &prefix_routes(&up, 64), |c| {
+        c.client_head_timeout = Duration::from_millis(200);
+        c.client_idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let pieces: [&[u8]; 8] = [
+        b"GET /p/x HTTP/1.1\r\n",
+        b"POST /p/y HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"content-length: 5\r\n",
+        b"\r\n",
+        b"ffffffff\r\n",
+        b"0\r\n\r\n",
+        b"expect: 100-continue\r\n",
+        b"\x00\xff:\r\n",
+    ];
+    for _ in 0..150 {
+        let mut bytes = Vec::new();
+        for _ in 0..rng.gen_range(1..8) {
+            if rng.gen_bool(0.5) {
+                bytes.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            } else {
+                let n = rng.gen_range(1..64);
+                bytes.extend((0..n).map(|_| rng.gen::<u8>()));
+            }
+        }
+        let Ok(mut s) = TcpStream::connect(router.addr).await else {
+            panic!("the router stopped accepting connections");
+        };
+        let _ = s.write_all(&bytes).await;
+        let mut sink = Vec::new();
+        // Whatever it answers, it ends the exchange by itself (answer, error or time limit).
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert!(
+            ended.is_ok(),
+            "the router held a connection of garbage open: {bytes:?}"
+        );
+    }
+    let r = crate::support::client()
+        .get(router.url("/p/after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = crate::support::client()
+        .get(router.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
