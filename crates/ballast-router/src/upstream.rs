@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::Method;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -487,35 +486,3 @@ enum Step {
     Upstream(std::io::Result<usize>),
     Body(Result<Option<Bytes>, crate::body::BodyError>),
 }
-
-/// Reads the response's first body piece (the point after which the router no longer fails
-/// over): `None` when the body is empty.
-///
-/// # Errors
-/// The body broke before its first byte.
-pub async fn first_piece(
-    conn: &mut Conn,
-    head: &ResponseHead,
-    method: &Method,
-) -> Result<(BodyDecoder, Option<Bytes>), RouterError> {
-    let framing = head.framing(method).map_err(|e| {
-        RouterError::new(
-            ErrorKind::UpstreamIo,
-            format!("the upstream's answer is not valid HTTP/1.1: {e}"),
-        )
-        .with_status(head.status)
-    })?;
-    let mut decoder = BodyDecoder::new(framing);
-    match next_piece(conn, &mut decoder).await {
-        Ok(Piece::Data(b)) => Ok((decoder, Some(b))),
-        Ok(Piece::End) => Ok((decoder, None)),
-        Err(e) => Err(RouterError::new(
-            ErrorKind::UpstreamIo,
-            format!("the response broke before its first byte: {e}"),
-        )
-        .with_status(head.status)),
-    }
-}
-
-/// Shared handle used to return connections.
-pub type SharedPool = Arc<Pool>;
