@@ -13,9 +13,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::h1::{BodyDecoder, Framing, H1Error, Piece};
 use crate::wire::Wire;
 
-/// Boxed error of a body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// What was read of a client's request body.
 #[derive(Debug, Clone)]
 pub enum RequestBody {

@@ -62,12 +62,6 @@ impl Fields {
             .map(|(_, v)| v)
     }
 
-    /// The first value of `name` as text, if it is valid text.
-    #[must_use]
-    pub fn get_str(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
     /// Every value of `name`.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()
@@ -82,18 +76,6 @@ impl Fields {
             v.split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
-    }
-
-    /// Number of fields.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
-    /// Whether there are none.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
     }
 }
 

@@ -103,11 +103,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Whether a pooled connection can take a request: still open, nothing unread on it.
-    async fn usable(&mut self) -> bool {
-        if !self.wire.rbuf.is_empty() {
-            return false;
-        }
+    /// Whether a pooled connection is still open (a system call on plain TCP).
+    async fn still_open(&mut self) -> bool {
         match &self.wire.io {
             Io::Plain(tcp) => {
                 let mut probe = [0u8; 1];
@@ -287,7 +284,7 @@ impl Pool {
             };
             if conn.idle_since.elapsed() < IDLE_TIMEOUT
                 && conn.wire.rbuf.is_empty()
-                && (!probe || conn.usable().await)
+                && (!probe || conn.still_open().await)
             {
                 conn.reused = true;
                 return Some(conn);

@@ -25,6 +25,8 @@ struct Scripted {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
     conns: Arc<AtomicU64>,
+    /// Connections the upstream has closed (after an answer, or idle).
+    closed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -113,14 +115,17 @@ async fn scripted_closing_idle(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
     let conns = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
     let answer: Answer = Arc::new(answer);
-    let (rec, count) = (Arc::clone(&received), Arc::clone(&conns));
+    let (rec, count, ended) = (Arc::clone(&received), Arc::clone(&conns), Arc::clone(&closed));
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let (rec, answer) = (Arc::clone(&rec), Arc::clone(&answer));
+            let (rec, answer, ended) = (Arc::clone(&rec), Arc::clone(&answer), Arc::clone(&ended));
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                // Counted when this block ends, however it ends.
+                let _closed = CountOnDrop(ended);
                 loop {
                     let next = read_request(&mut s, &mut buf);
                     let req = match idle_close {
@@ -144,7 +149,17 @@ async fn scripted_closing_idle(
         url,
         received,
         conns,
+        closed,
         task,
+    }
+}
+
+/// Adds one to its counter when dropped.
+struct CountOnDrop(Arc<AtomicU64>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -372,12 +387,18 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_replaced_without_
     // One worker: both requests go through the same pool shard.
     let router = TestRouter::start_with("eu", &prefix_routes(&up, 1024), |c| c.workers = 1).await;
     let client = crate::support::client();
-    for i in 0..3 {
+    for i in 0..3u64 {
         let r = client.get(router.url(&format!("/p/{i}"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
         assert_eq!(r.headers()["x-ballast-attempts"], "1", "request {i}");
-        // Long enough for the upstream to drop the pooled connection.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The upstream drops the pooled connection once it has been idle for a while.
+        let closed = &up.closed;
+        crate::support::eventually(
+            Duration::from_secs(5),
+            "the upstream closed the idle connection",
+            || async move { closed.load(Ordering::SeqCst) == i + 1 },
+        )
+        .await;
     }
     assert_eq!(up.conns.load(Ordering::SeqCst), 3);
     assert_eq!(
