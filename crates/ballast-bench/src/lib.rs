@@ -47,7 +47,8 @@ pub enum Command {
 /// Settings of the `router` benchmark.
 #[derive(Debug, Clone, Args)]
 pub struct RouterArgs {
-    /// Seconds each load phase is measured for [default: 10, or 2 with --quick].
+    /// Seconds each load phase is measured for, over all rounds together [default: 10, or 2 with
+    /// --quick].
     #[arg(long)]
     pub duration_secs: Option<f64>,
     /// Request rate of the fixed-rate (open-loop) latency phases, per second.
@@ -59,6 +60,12 @@ pub struct RouterArgs {
     /// Keep-alive connections of the fixed-rate phases.
     #[arg(long, default_value_t = 32)]
     pub rate_connections: usize,
+    /// Rounds the measurement is split into. Each round runs every phase once (latency and
+    /// throughput; router and HAProxy take turns going first), so a change in the machine's
+    /// load during the run meets both proxies alike; the figures pool every round
+    /// [default: 3, or 1 with --quick].
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Keep-alive connections (and in-flight requests) of the max-throughput phases.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
@@ -100,11 +107,27 @@ pub struct RouterArgs {
 }
 
 impl RouterArgs {
-    /// Length of each measured load phase.
+    /// Measured time of each phase, over all rounds together.
     #[must_use]
     pub fn duration(&self) -> std::time::Duration {
         let secs = self.duration_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 });
         std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0))
+    }
+
+    /// How many rounds the phases are split into.
+    #[must_use]
+    pub fn rounds(&self) -> usize {
+        self.rounds
+            .unwrap_or(if self.quick { 1 } else { 3 })
+            .clamp(1, 100)
+    }
+
+    /// Measured time of each phase in one round.
+    #[must_use]
+    pub fn round_duration(&self) -> std::time::Duration {
+        #[allow(clippy::cast_possible_truncation)]
+        let n = self.rounds() as u32;
+        self.duration() / n
     }
 }
 

@@ -136,12 +136,61 @@ pub struct LoadSummary {
     /// CPU microseconds per request (warm-up included) of the server's threads and of the
     /// load generator's.
     pub cpu_us_per_request: BTreeMap<String, f64>,
+    /// The successful requests' latencies (nanoseconds, unsorted), so phases run in rounds can
+    /// be pooled into one distribution.
+    #[serde(skip)]
+    pub latency_nanos: Vec<u64>,
 }
 
 impl LoadSummary {
     /// Every failed request.
     pub fn errors(&self) -> u64 {
         self.errors_status + self.errors_transport + self.timeouts
+    }
+
+    /// Several runs of the same phase (rounds) as one: counts, measured time and CPU summed,
+    /// the rate over the summed time, percentiles over every sample of every round, CPU per
+    /// request weighted by each round's requests. `None` for no rounds.
+    pub fn pooled(rounds: &[&Self]) -> Option<Self> {
+        let first = rounds.first()?;
+        let sum = |f: fn(&Self) -> u64| rounds.iter().map(|r| f(r)).sum::<u64>();
+        let wall = rounds.iter().map(|r| r.wall_secs).sum::<f64>().max(1e-9);
+        let latency_nanos: Vec<u64> = rounds
+            .iter()
+            .flat_map(|r| r.latency_nanos.iter().copied())
+            .collect();
+        let ok = latency_nanos.len() as u64;
+        let requests_incl_warmup = sum(|r| r.requests_incl_warmup);
+        let mut cpu_secs: BTreeMap<String, f64> = BTreeMap::new();
+        let mut cpu_us: BTreeMap<String, f64> = BTreeMap::new();
+        for r in rounds {
+            for (k, v) in &r.cpu_secs {
+                *cpu_secs.entry(k.clone()).or_default() += v;
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let weight = r.requests_incl_warmup as f64 / requests_incl_warmup.max(1) as f64;
+            for (k, v) in &r.cpu_us_per_request {
+                *cpu_us.entry(k.clone()).or_default() += v * weight;
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let rate_per_sec = ok as f64 / wall;
+        Some(Self {
+            operation: first.operation.clone(),
+            concurrency: first.concurrency,
+            wall_secs: wall,
+            ok,
+            rate_per_sec,
+            errors_status: sum(|r| r.errors_status),
+            errors_transport: sum(|r| r.errors_transport),
+            timeouts: sum(|r| r.timeouts),
+            first_error: rounds.iter().find_map(|r| r.first_error.clone()),
+            latency: Latency::from_nanos(latency_nanos.clone()),
+            requests_incl_warmup,
+            cpu_secs,
+            cpu_us_per_request: cpu_us,
+            latency_nanos,
+        })
     }
 }
 
@@ -270,10 +319,11 @@ where
             errors_transport,
             timeouts,
             first_error,
-            latency: Latency::from_nanos(latencies),
+            latency: Latency::from_nanos(latencies.clone()),
             requests_incl_warmup: issued,
             cpu_secs,
             cpu_us_per_request,
+            latency_nanos: latencies,
         },
         outputs,
     ))
@@ -296,6 +346,34 @@ pub struct FixedRateSummary {
     pub dropped: u64,
     /// Requests the pacer scheduled, warm-up included.
     pub scheduled: u64,
+    /// Service latencies (nanoseconds, unsorted), for pooling rounds.
+    #[serde(skip)]
+    pub service_nanos: Vec<u64>,
+    /// Dispatch lags (nanoseconds, unsorted), for pooling rounds.
+    #[serde(skip)]
+    pub lag_nanos: Vec<u64>,
+}
+
+impl FixedRateSummary {
+    /// Several rounds of the same fixed-rate phase as one (see [`LoadSummary::pooled`]).
+    pub fn pooled(rounds: &[&Self]) -> Option<Self> {
+        let first = rounds.first()?;
+        let load = LoadSummary::pooled(&rounds.iter().map(|r| &r.load).collect::<Vec<_>>())?;
+        let all = |f: fn(&Self) -> &Vec<u64>| -> Vec<u64> {
+            rounds.iter().flat_map(|r| f(r).iter().copied()).collect()
+        };
+        let (service_nanos, lag_nanos) = (all(|r| &r.service_nanos), all(|r| &r.lag_nanos));
+        Some(Self {
+            target_rate_per_sec: first.target_rate_per_sec,
+            load,
+            service_latency: Latency::from_nanos(service_nanos.clone()),
+            dispatch_lag: Latency::from_nanos(lag_nanos.clone()),
+            dropped: rounds.iter().map(|r| r.dropped).sum(),
+            scheduled: rounds.iter().map(|r| r.scheduled).sum(),
+            service_nanos,
+            lag_nanos,
+        })
+    }
 }
 
 /// One scheduled request: its sequence number and when it was due.
@@ -440,8 +518,10 @@ where
         let rate_per_sec = ok as f64 / wall;
         out.push(FixedRateSummary {
             target_rate_per_sec: rate,
-            service_latency: Latency::from_nanos(all.service),
-            dispatch_lag: Latency::from_nanos(all.lag),
+            service_latency: Latency::from_nanos(all.service.clone()),
+            dispatch_lag: Latency::from_nanos(all.lag.clone()),
+            service_nanos: all.service,
+            lag_nanos: all.lag,
             dropped: all.dropped,
             scheduled: scheduled / classes as u64,
             load: LoadSummary {
@@ -454,11 +534,12 @@ where
                 errors_transport: all.errors_transport,
                 timeouts: all.timeouts,
                 first_error: all.first_error,
-                latency: Latency::from_nanos(all.latencies),
+                latency: Latency::from_nanos(all.latencies.clone()),
                 requests_incl_warmup: all.issued,
                 // Shared by every operation of the phase (they ran interleaved).
                 cpu_secs: cpu_secs.clone(),
                 cpu_us_per_request: cpu_us_per_request.clone(),
+                latency_nanos: all.latencies,
             },
         });
     }
@@ -494,6 +575,63 @@ mod tests {
         assert!((l.p99_ms - 99.0).abs() < 1e-9);
         assert!((l.max_ms - 100.0).abs() < 1e-9);
         assert!((l.mean_ms - 50.5).abs() < 1e-9);
+    }
+
+    fn summary(latencies_ms: &[u64], wall_secs: f64, cpu_us: f64, issued: u64) -> LoadSummary {
+        let nanos: Vec<u64> = latencies_ms.iter().map(|ms| ms * 1_000_000).collect();
+        LoadSummary {
+            operation: "op".into(),
+            concurrency: 2,
+            wall_secs,
+            ok: nanos.len() as u64,
+            rate_per_sec: 0.0,
+            errors_status: 1,
+            errors_transport: 0,
+            timeouts: 0,
+            first_error: None,
+            latency: Latency::from_nanos(nanos.clone()),
+            requests_incl_warmup: issued,
+            cpu_secs: BTreeMap::from([("machine steal".to_owned(), 0.5)]),
+            cpu_us_per_request: BTreeMap::from([("server".to_owned(), cpu_us)]),
+            latency_nanos: nanos,
+        }
+    }
+
+    #[test]
+    fn rounds_pool_into_one_distribution() -> anyhow::Result<()> {
+        // 1..=50 ms over 1 s, then 51..=100 ms over 3 s.
+        let a = summary(&(1..=50).collect::<Vec<_>>(), 1.0, 10.0, 100);
+        let b = summary(&(51..=100).collect::<Vec<_>>(), 3.0, 20.0, 300);
+        let p = LoadSummary::pooled(&[&a, &b]).ok_or_else(|| anyhow::anyhow!("two rounds"))?;
+        assert_eq!(p.ok, 100);
+        assert!((p.wall_secs - 4.0).abs() < 1e-9);
+        assert!((p.rate_per_sec - 25.0).abs() < 1e-9);
+        // Percentiles over every sample, not an average of each round's.
+        assert!((p.latency.p50_ms - 50.0).abs() < 1e-9);
+        assert!((p.latency.p99_ms - 99.0).abs() < 1e-9);
+        assert_eq!(p.errors_status, 2);
+        assert_eq!(p.requests_incl_warmup, 400);
+        assert!((p.cpu_secs["machine steal"] - 1.0).abs() < 1e-9);
+        // Weighted by requests: (10 × 100 + 20 × 300) / 400.
+        assert!((p.cpu_us_per_request["server"] - 17.5).abs() < 1e-9);
+        assert!(LoadSummary::pooled(&[]).is_none());
+
+        let fixed = |l: LoadSummary, service_ms: u64| FixedRateSummary {
+            target_rate_per_sec: 100.0,
+            load: l,
+            service_latency: Latency::default(),
+            dispatch_lag: Latency::default(),
+            dropped: 1,
+            scheduled: 10,
+            service_nanos: vec![service_ms * 1_000_000],
+            lag_nanos: vec![0],
+        };
+        let f = FixedRateSummary::pooled(&[&fixed(a, 1), &fixed(b, 3)])
+            .ok_or_else(|| anyhow::anyhow!("two rounds"))?;
+        assert_eq!((f.dropped, f.scheduled, f.load.ok), (2, 20, 100));
+        assert!((f.service_latency.max_ms - 3.0).abs() < 1e-9);
+        assert!((f.service_latency.p50_ms - 1.0).abs() < 1e-9);
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -527,21 +527,12 @@ async fn phases(
 
 /// `cpu: server runtime 1.62 s, load generator 1.80 s, … (wall 2.50 s)`.
 fn cpu_line(cpu: &std::collections::BTreeMap<String, f64>) -> String {
-    let parts: Vec<String> = cpu
-        .iter()
-        .filter(|(k, v)| {
-            !matches!(k.as_str(), "wall" | "total" | "machine busy" | "machine idle") && **v >= 0.01
-        })
-        .map(|(k, v)| format!("{k} {v:.2} s"))
-        .collect();
-    let get = |k: &str| cpu.get(k).copied().unwrap_or(0.0);
     format!(
-        "      cpu: {} (this process {:.2} s, whole machine busy {:.2} s / idle {:.2} s, over {:.2} s wall)\n",
-        parts.join(", "),
-        get("total"),
-        get("machine busy"),
-        get("machine idle"),
-        get("wall")
+        "      cpu: {} (this process {:.2} s, whole machine {}, over {:.2} s wall)\n",
+        crate::cpu::groups_line(cpu),
+        cpu.get("total").copied().unwrap_or(0.0),
+        crate::cpu::machine_line(cpu),
+        cpu.get("wall").copied().unwrap_or(0.0)
     )
 }
 

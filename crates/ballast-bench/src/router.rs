@@ -398,7 +398,7 @@ async fn fixed_rate(
         args.rate,
         args.rate_connections,
         warmup,
-        args.duration(),
+        args.round_duration(),
         move |class, conn, seq| {
             let pools = pools.clone();
             async move {
@@ -442,7 +442,7 @@ async fn max_throughput(
         &format!("{label}: POST {PATH}"),
         args.connections,
         warmup,
-        args.duration(),
+        args.round_duration(),
         move |w, seq| {
             let (pool, reqs) = (pool.clone(), reqs.clone());
             async move { pool.send(w, pick(&reqs, w, seq)).await.map(drop) }
@@ -480,10 +480,27 @@ struct Throughput {
     proxy_process_cpu_secs: Option<f64>,
 }
 
+impl Throughput {
+    /// The rounds of one phase as one (see [`LoadSummary::pooled`]).
+    fn pooled(rounds: &[&Self]) -> Option<Self> {
+        let load = LoadSummary::pooled(&rounds.iter().map(|r| &r.load).collect::<Vec<_>>())?;
+        let proxy_process_cpu_secs = rounds
+            .iter()
+            .map(|r| r.proxy_process_cpu_secs)
+            .sum::<Option<f64>>();
+        Some(Self {
+            load,
+            proxy_process_cpu_secs,
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct RunConfig {
     quick: bool,
+    /// Measured seconds of each phase, all rounds together.
     duration_secs: f64,
+    rounds: usize,
     warmup_secs: f64,
     rate_per_sec: f64,
     rate_connections: usize,
@@ -559,6 +576,8 @@ struct Report {
     haproxy: String,
     router_vs_haproxy_pct: Option<f64>,
     router_vs_direct_pct: f64,
+    /// Each round's figures (the fields above pool every round).
+    rounds: Vec<RoundFigures>,
     memory: RouterMemory,
     targets: Vec<Check>,
     all_targets_met: bool,
@@ -580,7 +599,9 @@ struct Setup<'a> {
     warmup: Duration,
 }
 
-struct Measured {
+/// One round: every phase once.
+struct Round {
+    /// The direct requests of the router's fixed-rate phase, and the router's.
     direct_rate: FixedRateSummary,
     router_rate: FixedRateSummary,
     /// HAProxy's fixed-rate phase: its direct requests and its own.
@@ -588,7 +609,120 @@ struct Measured {
     direct_max: Throughput,
     router_max: Throughput,
     haproxy_max: Option<Throughput>,
+}
+
+impl Round {
+    /// What the report shows of this round.
+    fn figures(&self, index: usize) -> RoundFigures {
+        let router_per_sec = self.router_max.load.rate_per_sec;
+        let haproxy_per_sec = self.haproxy_max.as_ref().map(|h| h.load.rate_per_sec);
+        let steal = |cpu: &BTreeMap<String, f64>| cpu.get("machine steal").copied().unwrap_or(0.0);
+        let steal_secs = steal(&self.direct_rate.load.cpu_secs)
+            + self
+                .haproxy_rate
+                .as_ref()
+                .map_or(0.0, |(d, _)| steal(&d.load.cpu_secs))
+            + [
+                Some(&self.direct_max),
+                Some(&self.router_max),
+                self.haproxy_max.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|t| steal(&t.load.cpu_secs))
+            .sum::<f64>();
+        RoundFigures {
+            round: index + 1,
+            overhead: Overhead::between(&self.router_rate, &self.direct_rate),
+            haproxy_overhead: self.haproxy_rate.as_ref().map(|(d, h)| Overhead::between(h, d)),
+            router_per_sec,
+            haproxy_per_sec,
+            router_vs_haproxy_pct: haproxy_per_sec.map(|h| router_per_sec / h.max(1e-9) * 100.0),
+            steal_secs,
+        }
+    }
+}
+
+/// One round's figures, to show how much they move during a run.
+#[derive(Debug, Serialize)]
+struct RoundFigures {
+    round: usize,
+    /// Router − direct in this round's router latency phase.
+    overhead: Overhead,
+    /// HAProxy − direct in this round's HAProxy latency phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haproxy_overhead: Option<Overhead>,
+    router_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haproxy_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    router_vs_haproxy_pct: Option<f64>,
+    /// CPU time the hypervisor took from this machine during the round's phases, seconds (all
+    /// CPUs).
+    steal_secs: f64,
+}
+
+/// Every round, and each phase pooled over the rounds.
+struct Measured {
+    direct_rate: FixedRateSummary,
+    router_rate: FixedRateSummary,
+    haproxy_rate: Option<(FixedRateSummary, FixedRateSummary)>,
+    direct_max: Throughput,
+    router_max: Throughput,
+    haproxy_max: Option<Throughput>,
+    rounds: Vec<RoundFigures>,
     haproxy: String,
+}
+
+impl Measured {
+    fn pool(rounds: &[Round], haproxy: String) -> anyhow::Result<Self> {
+        fn all<'a, T>(rounds: &'a [Round], f: impl Fn(&'a Round) -> Option<&'a T>) -> Vec<&'a T> {
+            rounds.iter().filter_map(f).collect()
+        }
+        let none = || anyhow!("no round was measured");
+        let haproxy_rate = match (
+            FixedRateSummary::pooled(&all(rounds, |r| r.haproxy_rate.as_ref().map(|(d, _)| d))),
+            FixedRateSummary::pooled(&all(rounds, |r| r.haproxy_rate.as_ref().map(|(_, h)| h))),
+        ) {
+            (Some(d), Some(h)) => Some((d, h)),
+            _ => None,
+        };
+        Ok(Self {
+            direct_rate: FixedRateSummary::pooled(&all(rounds, |r| Some(&r.direct_rate))).ok_or_else(none)?,
+            router_rate: FixedRateSummary::pooled(&all(rounds, |r| Some(&r.router_rate))).ok_or_else(none)?,
+            haproxy_rate,
+            direct_max: Throughput::pooled(&all(rounds, |r| Some(&r.direct_max))).ok_or_else(none)?,
+            router_max: Throughput::pooled(&all(rounds, |r| Some(&r.router_max))).ok_or_else(none)?,
+            haproxy_max: Throughput::pooled(&all(rounds, |r| r.haproxy_max.as_ref())),
+            rounds: rounds.iter().enumerate().map(|(i, r)| r.figures(i)).collect(),
+            haproxy,
+        })
+    }
+}
+
+/// Starts HAProxy in front of the backend, with its version line (or why it is not there).
+fn start_reference(s: &Setup<'_>) -> (Option<(ChildProc, SocketAddr)>, String) {
+    let Some((bin, dir)) = &s.haproxy else {
+        return (None, "haproxy: not available".to_owned());
+    };
+    match start_haproxy(bin, dir, s.backend) {
+        Ok((proc, addr)) => {
+            eprintln!("haproxy (pid {}) listening on {addr}", proc.pid());
+            let version = Command::new(bin)
+                .arg("-v")
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "haproxy".into());
+            (Some((proc, addr)), version)
+        }
+        Err(e) => (None, format!("haproxy: not available ({e:#})")),
+    }
 }
 
 async fn phases(s: &Setup<'_>) -> anyhow::Result<Measured> {
@@ -612,86 +746,68 @@ async fn phases(s: &Setup<'_>) -> anyhow::Result<Measured> {
     }
     drop(conn);
 
-    // Each proxy is measured against direct requests in a phase of its own, of the same shape:
-    // the other proxy's load is not on the machine meanwhile.
+    let (mut haproxy_proc, haproxy) = start_reference(s);
+    let haproxy_addr = haproxy_proc.as_ref().map(|(_, addr)| *addr);
+    let n = args.rounds();
     eprintln!(
-        "[1/3] fixed rate {} req/s each to the backend and through the router (interleaved), {} connections \
-         each, for {:?} (+{:?} warm-up), open loop",
+        "{n} round(s), each: fixed rate {} req/s to the backend and through each proxy (a phase per proxy, direct \
+         and proxied requests interleaved, {} connections each, open loop), then max throughput (closed loop, {} \
+         keep-alive connections) direct and through each proxy; {:?} per phase per round (+{:?} warm-up)",
         args.rate,
         args.rate_connections,
-        args.duration(),
+        args.connections,
+        args.round_duration(),
         s.warmup
     );
-    let mut all = fixed_rate(&[("direct", s.backend), ("router", s.router)], args, s.warmup)
-        .await?
-        .into_iter();
-    let (Some(direct_rate), Some(router_rate)) = (all.next(), all.next()) else {
-        bail!("the fixed-rate phase returned no figures");
-    };
-    // HAProxy runs through its latency phase and its throughput phase when it is there.
-    let (mut haproxy_proc, haproxy) = match &s.haproxy {
-        None => (None, "haproxy: not available".to_owned()),
-        Some((bin, dir)) => match start_haproxy(bin, dir, s.backend) {
-            Ok((proc, addr)) => {
-                eprintln!("      haproxy (pid {}) on {addr}", proc.pid());
-                let version = Command::new(bin)
-                    .arg("-v")
-                    .output()
-                    .ok()
-                    .and_then(|o| {
-                        String::from_utf8_lossy(&o.stdout)
-                            .lines()
-                            .next()
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "haproxy".into());
-                (Some((proc, addr)), version)
-            }
-            Err(e) => (None, format!("haproxy: not available ({e:#})")),
-        },
-    };
-    let haproxy_rate = match &haproxy_proc {
-        None => None,
-        Some((_, addr)) => {
-            eprintln!(
-                "[2/3] the same through HAProxy: {} req/s each to the backend and through HAProxy (interleaved)",
-                args.rate
-            );
-            let mut all = fixed_rate(&[("direct", s.backend), ("haproxy", *addr)], args, s.warmup)
+    let mut rounds = Vec::with_capacity(n);
+    for i in 0..n {
+        eprintln!("[round {}/{n}]", i + 1);
+        // The router goes first in odd rounds, HAProxy in even ones.
+        let router_first = i % 2 == 0;
+        let latency = |label: &'static str, addr: SocketAddr| async move {
+            let mut all = fixed_rate(&[("direct", s.backend), (label, addr)], args, s.warmup)
                 .await?
                 .into_iter();
-            let (Some(d), Some(h)) = (all.next(), all.next()) else {
-                bail!("HAProxy's fixed-rate phase returned no figures");
-            };
-            Some((d, h))
+            match (all.next(), all.next()) {
+                (Some(d), Some(p)) => Ok((d, p)),
+                _ => Err(anyhow!(
+                    "the fixed-rate phase through {label} returned no figures"
+                )),
+            }
+        };
+        let (mut router_rate, mut haproxy_rate) = (None, None);
+        for router_turn in [router_first, !router_first] {
+            if router_turn {
+                router_rate = Some(latency("router", s.router).await?);
+            } else if let Some(addr) = haproxy_addr {
+                haproxy_rate = Some(latency("haproxy", addr).await?);
+            }
         }
-    };
-
-    eprintln!(
-        "[3/3] max throughput, closed loop, {} keep-alive connections, {:?} each",
-        args.connections,
-        args.duration()
-    );
-    let direct_max = max_throughput("direct", s.backend, args, s.warmup, None).await?;
-    let router_max = max_throughput("router", s.router, args, s.warmup, s.router_pid).await?;
-    let haproxy_max = match &mut haproxy_proc {
-        Some((proc, addr)) => {
-            let t = max_throughput("haproxy", *addr, args, s.warmup, Some(proc.pid())).await;
-            proc.stop();
-            Some(t?)
+        let direct_max = max_throughput("direct", s.backend, args, s.warmup, None).await?;
+        let (mut router_max, mut haproxy_max) = (None, None);
+        for router_turn in [router_first, !router_first] {
+            if router_turn {
+                router_max = Some(max_throughput("router", s.router, args, s.warmup, s.router_pid).await?);
+            } else if let Some((proc, addr)) = &haproxy_proc {
+                haproxy_max = Some(max_throughput("haproxy", *addr, args, s.warmup, Some(proc.pid())).await?);
+            }
         }
-        None => None,
-    };
-    drop(haproxy_proc);
-    Ok(Measured {
-        direct_rate,
-        router_rate,
-        haproxy_rate,
-        direct_max,
-        router_max,
-        haproxy_max,
-        haproxy,
-    })
+        let (Some((direct_rate, router_rate)), Some(router_max)) = (router_rate, router_max) else {
+            bail!("round {} measured no router figures", i + 1);
+        };
+        rounds.push(Round {
+            direct_rate,
+            router_rate,
+            haproxy_rate,
+            direct_max,
+            router_max,
+            haproxy_max,
+        });
+    }
+    if let Some((proc, _)) = &mut haproxy_proc {
+        proc.stop();
+    }
+    Measured::pool(&rounds, haproxy)
 }
 
 fn details(r: &Report) -> String {
@@ -708,7 +824,7 @@ fn details(r: &Report) -> String {
         let _ = writeln!(
             out,
             "  {:<58} {:>7.0}/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.2} ms  (service p50 {:.3} / p99 {:.3} ms; \
-             dispatch lag p50 {:.3} / p99 {:.3} ms)  errors {}",
+             dispatch lag p50 {:.3} / p99 {:.3} ms)  errors {}  machine {}",
             f.load.operation,
             f.load.rate_per_sec,
             f.load.latency.p50_ms,
@@ -720,6 +836,7 @@ fn details(r: &Report) -> String {
             f.dispatch_lag.p50_ms,
             f.dispatch_lag.p99_ms,
             f.load.errors(),
+            crate::cpu::machine_line(&f.load.cpu_secs),
         );
     }
     let _ = writeln!(
@@ -743,24 +860,17 @@ fn details(r: &Report) -> String {
     .flatten()
     {
         let cpu = &t.load.cpu_secs;
-        let get = |k: &str| cpu.get(k).copied().unwrap_or(0.0);
         let _ = writeln!(
             out,
             "  {:<58} {:>7.0}/s  p50 {:.3} ms  p99 {:.3} ms  errors {}  cpu: bench process {:.2} s ({}), proxy process {}, \
-             machine busy {:.2} s / idle {:.2} s",
+             machine {}",
             t.load.operation,
             t.load.rate_per_sec,
             t.load.latency.p50_ms,
             t.load.latency.p99_ms,
             t.load.errors(),
-            get("total"),
-            cpu.iter()
-                .filter(|(k, v)| {
-                    !matches!(k.as_str(), "wall" | "total" | "machine busy" | "machine idle") && **v >= 0.01
-                })
-                .map(|(k, v)| format!("{k} {v:.2} s"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            cpu.get("total").copied().unwrap_or(0.0),
+            crate::cpu::groups_line(cpu),
             t.proxy_process_cpu_secs.map_or_else(
                 || "-".to_owned(),
                 |s| {
@@ -769,9 +879,25 @@ fn details(r: &Report) -> String {
                     format!("{s:.2} s ({per:.1} µs/request)")
                 }
             ),
-            get("machine busy"),
-            get("machine idle"),
+            crate::cpu::machine_line(cpu),
         );
+    }
+    if r.rounds.len() > 1 {
+        let _ = writeln!(out, "  by round (the figures above pool every round):");
+        for f in &r.rounds {
+            let haproxy = match (&f.haproxy_overhead, f.haproxy_per_sec, f.router_vs_haproxy_pct) {
+                (Some(h), Some(per_sec), Some(pct)) => format!(
+                    "; haproxy p50 {:+.3} / p99 {:+.3} ms, {per_sec:.0}/s; router/haproxy {pct:.1} %",
+                    h.p50_ms, h.p99_ms
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "    round {}: router p50 {:+.3} / p99 {:+.3} ms, {:.0}/s{haproxy}; steal {:.2} s",
+                f.round, f.overhead.p50_ms, f.overhead.p99_ms, f.router_per_sec, f.steal_secs
+            );
+        }
     }
     let _ = writeln!(out, "  {}", r.haproxy);
     let m = &r.memory;
@@ -801,7 +927,7 @@ fn details(r: &Report) -> String {
 pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let duration = args.duration();
-    let warmup = Duration::from_secs_f64((duration.as_secs_f64() / 4.0).min(1.0));
+    let warmup = Duration::from_secs_f64((args.round_duration().as_secs_f64() / 4.0).min(1.0));
     let mut notes = Vec::new();
     let parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -985,9 +1111,18 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     notes.extend([
         "backend, proxies and load generator share this machine; ratios are measured in one run".to_owned(),
         "fixed-rate latency runs from each request's scheduled time (open loop); service latency from writing it; \
-         the router's phase interleaves direct and router requests, HAProxy's own phase (same shape, run next) direct and \
+         the router's phase interleaves direct and router requests, HAProxy's own phase (same shape) direct and \
          HAProxy requests, each at the given rate, so HAProxy's added latency is a reference for what one extra hop \
          costs on this machine, measured without the other proxy's load"
+            .to_owned(),
+        format!(
+            "the phases ran in {} round(s) of {:?} each, router and HAProxy taking turns to go first; every figure \
+             above pools all rounds (percentiles over every sample, rates over the summed time)",
+            args.rounds(),
+            args.round_duration()
+        ),
+        "steal: CPU time the hypervisor gave to other guests while this machine's CPUs wanted to run (from \
+         /proc/stat, all CPUs); it lands on whichever request is in flight and shows in the tail latencies"
             .to_owned(),
         "the backend is an in-process raw HTTP/1.1 server answering a fixed chat-completion body".to_owned(),
         "every request names one of the routes in turn (all route to the backend)".to_owned(),
@@ -1003,6 +1138,7 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         config: RunConfig {
             quick: args.quick,
             duration_secs: duration.as_secs_f64(),
+            rounds: args.rounds(),
             warmup_secs: warmup.as_secs_f64(),
             rate_per_sec: args.rate,
             rate_connections: args.rate_connections,
@@ -1027,6 +1163,7 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         haproxy: m.haproxy,
         router_vs_haproxy_pct,
         router_vs_direct_pct,
+        rounds: m.rounds,
         memory: RouterMemory {
             rss_after_startup_bytes: rss_after_startup,
             rss_after_load_bytes: rss_after_load,
