@@ -616,12 +616,11 @@ impl Round {
     fn figures(&self, index: usize) -> RoundFigures {
         let router_per_sec = self.router_max.load.rate_per_sec;
         let haproxy_per_sec = self.haproxy_max.as_ref().map(|h| h.load.rate_per_sec);
-        let steal = |cpu: &BTreeMap<String, f64>| cpu.get("machine steal").copied().unwrap_or(0.0);
-        let steal_secs = steal(&self.direct_rate.load.cpu_secs)
-            + self
-                .haproxy_rate
-                .as_ref()
-                .map_or(0.0, |(d, _)| steal(&d.load.cpu_secs))
+        let steal = |l: &LoadSummary| l.cpu_secs.get("machine steal").copied().unwrap_or(0.0);
+        let router_latency_steal_secs = steal(&self.router_rate.load);
+        let haproxy_latency_steal_secs = self.haproxy_rate.as_ref().map(|(_, h)| steal(&h.load));
+        let steal_secs = router_latency_steal_secs
+            + haproxy_latency_steal_secs.unwrap_or(0.0)
             + [
                 Some(&self.direct_max),
                 Some(&self.router_max),
@@ -629,7 +628,7 @@ impl Round {
             ]
             .into_iter()
             .flatten()
-            .map(|t| steal(&t.load.cpu_secs))
+            .map(|t| steal(&t.load))
             .sum::<f64>();
         RoundFigures {
             round: index + 1,
@@ -638,6 +637,8 @@ impl Round {
             router_per_sec,
             haproxy_per_sec,
             router_vs_haproxy_pct: haproxy_per_sec.map(|h| router_per_sec / h.max(1e-9) * 100.0),
+            router_latency_steal_secs,
+            haproxy_latency_steal_secs,
             steal_secs,
         }
     }
@@ -657,8 +658,11 @@ struct RoundFigures {
     haproxy_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     router_vs_haproxy_pct: Option<f64>,
-    /// CPU time the hypervisor took from this machine during the round's phases, seconds (all
-    /// CPUs).
+    /// CPU time the hypervisor took from this machine (all CPUs), seconds: during the router's
+    /// latency phase, HAProxy's, and every phase of the round.
+    router_latency_steal_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haproxy_latency_steal_secs: Option<f64>,
     steal_secs: f64,
 }
 
@@ -885,17 +889,24 @@ fn details(r: &Report) -> String {
     if r.rounds.len() > 1 {
         let _ = writeln!(out, "  by round (the figures above pool every round):");
         for f in &r.rounds {
-            let haproxy = match (&f.haproxy_overhead, f.haproxy_per_sec, f.router_vs_haproxy_pct) {
-                (Some(h), Some(per_sec), Some(pct)) => format!(
-                    "; haproxy p50 {:+.3} / p99 {:+.3} ms, {per_sec:.0}/s; router/haproxy {pct:.1} %",
+            let haproxy = match (&f.haproxy_overhead, f.haproxy_latency_steal_secs) {
+                (Some(h), Some(steal)) => format!(
+                    "; haproxy p50 {:+.3} / p99 {:+.3} ms (steal {steal:.2} s)",
                     h.p50_ms, h.p99_ms
                 ),
                 _ => String::new(),
             };
+            let throughput = match (f.haproxy_per_sec, f.router_vs_haproxy_pct) {
+                (Some(h), Some(pct)) => {
+                    format!("router {:.0}/s, haproxy {h:.0}/s ({pct:.1} %)", f.router_per_sec)
+                }
+                _ => format!("router {:.0}/s", f.router_per_sec),
+            };
             let _ = writeln!(
                 out,
-                "    round {}: router p50 {:+.3} / p99 {:+.3} ms, {:.0}/s{haproxy}; steal {:.2} s",
-                f.round, f.overhead.p50_ms, f.overhead.p99_ms, f.router_per_sec, f.steal_secs
+                "    round {}: added latency router p50 {:+.3} / p99 {:+.3} ms (steal {:.2} s){haproxy}; throughput \
+                 {throughput}; round steal {:.2} s",
+                f.round, f.overhead.p50_ms, f.overhead.p99_ms, f.router_latency_steal_secs, f.steal_secs
             );
         }
     }
