@@ -666,14 +666,9 @@ struct RoundFigures {
     steal_secs: f64,
 }
 
-/// Every round, and each phase pooled over the rounds.
+/// Each phase pooled over the rounds, and every round's figures.
 struct Measured {
-    direct_rate: FixedRateSummary,
-    router_rate: FixedRateSummary,
-    haproxy_rate: Option<(FixedRateSummary, FixedRateSummary)>,
-    direct_max: Throughput,
-    router_max: Throughput,
-    haproxy_max: Option<Throughput>,
+    pooled: Round,
     rounds: Vec<RoundFigures>,
     haproxy: String,
 }
@@ -691,13 +686,16 @@ impl Measured {
             (Some(d), Some(h)) => Some((d, h)),
             _ => None,
         };
-        Ok(Self {
+        let pooled = Round {
             direct_rate: FixedRateSummary::pooled(&all(rounds, |r| Some(&r.direct_rate))).ok_or_else(none)?,
             router_rate: FixedRateSummary::pooled(&all(rounds, |r| Some(&r.router_rate))).ok_or_else(none)?,
             haproxy_rate,
             direct_max: Throughput::pooled(&all(rounds, |r| Some(&r.direct_max))).ok_or_else(none)?,
             router_max: Throughput::pooled(&all(rounds, |r| Some(&r.router_max))).ok_or_else(none)?,
             haproxy_max: Throughput::pooled(&all(rounds, |r| r.haproxy_max.as_ref())),
+        };
+        Ok(Self {
+            pooled,
             rounds: rounds.iter().enumerate().map(|(i, r)| r.figures(i)).collect(),
             haproxy,
         })
@@ -1018,16 +1016,20 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
     });
     let stopped_router = router.stop();
     let stopped_backend = backend.stop();
-    let m = outcome?;
+    let Measured {
+        pooled: m,
+        rounds,
+        haproxy,
+    } = outcome?;
     stopped_router?;
     stopped_backend?;
 
-    let overhead = Overhead::between(&m.router_rate, &m.direct_rate);
-    let haproxy_overhead = m.haproxy_rate.as_ref().map(|(d, h)| Overhead::between(h, d));
-    let router_vs_haproxy_pct = m
-        .haproxy_max
-        .as_ref()
-        .map(|h| m.router_max.load.rate_per_sec / h.load.rate_per_sec.max(1e-9) * 100.0);
+    let RoundFigures {
+        overhead,
+        haproxy_overhead,
+        router_vs_haproxy_pct,
+        ..
+    } = m.figures(0);
     let router_vs_direct_pct =
         m.router_max.load.rate_per_sec / m.direct_max.load.rate_per_sec.max(1e-9) * 100.0;
     let rss_figure = rss_after_load.max(peak_rss).map_or(f64::INFINITY, mb);
@@ -1171,10 +1173,10 @@ pub fn run(args: &RouterArgs) -> anyhow::Result<()> {
         throughput_direct: m.direct_max,
         throughput_router: m.router_max,
         throughput_haproxy: m.haproxy_max,
-        haproxy: m.haproxy,
+        haproxy,
         router_vs_haproxy_pct,
         router_vs_direct_pct,
-        rounds: m.rounds,
+        rounds,
         memory: RouterMemory {
             rss_after_startup_bytes: rss_after_startup,
             rss_after_load_bytes: rss_after_load,
