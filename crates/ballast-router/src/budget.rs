@@ -1,5 +1,6 @@
-//! The retry budget of a route: retries may be at most a percentage of the route's requests over
-//! a sliding window, plus a small allowance per second so that a quiet route can still retry.
+//! The retry budget of a route: retries over a sliding window may be a percentage of the route's
+//! requests or a small allowance per second (so that a quiet route can still retry), whichever
+//! is larger.
 //! This is what keeps a failing backend from turning into a retry storm.
 
 use std::collections::VecDeque;
@@ -70,8 +71,9 @@ impl RetryBudget {
         self.with(now, policy, |slots| {
             let requests: u64 = slots.iter().map(|s| s.requests).sum();
             let retries: u64 = slots.iter().map(|s| s.retries).sum();
-            let floor = u64::from(policy.min_retries_per_second) * policy.window_ms.max(1000) / 1000;
-            let share = requests * u64::from(policy.budget_percent) / 100;
+            let floor =
+                u64::from(policy.min_retries_per_second).saturating_mul(policy.window_ms.max(1000)) / 1000;
+            let share = requests.saturating_mul(u64::from(policy.budget_percent)) / 100;
             if retries < floor.max(share) {
                 if let Some(s) = slots.back_mut() {
                     s.retries += 1;
@@ -119,5 +121,20 @@ mod tests {
                                  // After the window slides past, the budget refills.
         let later = t0 + Duration::from_millis(2_100);
         assert!(b.try_retry(later, &p));
+    }
+
+    #[test]
+    fn huge_settings_saturate_instead_of_overflowing() {
+        let p = RetryPolicy {
+            budget_percent: u32::MAX,
+            min_retries_per_second: u32::MAX,
+            window_ms: u64::MAX,
+            ..RetryPolicy::default()
+        };
+        let b = RetryBudget::new();
+        let t0 = Instant::now();
+        b.record_request(t0, &p);
+        assert!(b.try_retry(t0, &p));
+        assert!(b.try_retry(t0 + Duration::from_secs(1), &p));
     }
 }

@@ -333,8 +333,12 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// The fields of `fields` that are forwarded: not hop-by-hop, not named by `Connection`, and
-/// not one of `also_drop` (lowercase names).
+/// Fields that `Connection` cannot make hop-by-hop: naming them there must not strip a
+/// message of its framing or its host.
+const NEVER_CONNECTION_NAMED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// The fields of `fields` that are forwarded: not hop-by-hop, not named by `Connection` (except
+/// the framing fields and `Host`), and not one of `also_drop` (lowercase names).
 pub fn forwardable<'a>(
     fields: &'a Fields,
     also_drop: &'a [&'a str],
@@ -345,7 +349,10 @@ pub fn forwardable<'a>(
         if named(&HOP_BY_HOP) || named(also_drop) {
             return false;
         }
-        !(has_connection && std::str::from_utf8(name).is_ok_and(|n| fields.has_token("connection", n)))
+        // The framing fields and `Host` are the router's to decide, whatever `Connection` says.
+        !(has_connection
+            && !named(&NEVER_CONNECTION_NAMED)
+            && std::str::from_utf8(name).is_ok_and(|n| fields.has_token("connection", n)))
     })
 }
 

@@ -164,9 +164,55 @@ fn client_body_error(e: &crate::body::BodyError) -> RouterError {
     )
 }
 
+/// Whether a path has a `.` or `..` segment, plain or percent-encoded (`%2e`). Segments are
+/// also cut at `\\` and at encoded slashes (`%2f`, `%5c`), which some servers decode into
+/// separators.
+fn has_dot_segment(path: &str) -> bool {
+    fn is_dot(seg: &[u8]) -> bool {
+        [&b"."[..], b"..", b"%2e", b"%2e%2e", b".%2e", b"%2e."]
+            .iter()
+            .any(|dot| seg.eq_ignore_ascii_case(dot))
+    }
+    let b = path.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        let sep = match b[i] {
+            b'/' | b'\\' => 1,
+            b'%' if b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.eq_ignore_ascii_case(b"2f") || h.eq_ignore_ascii_case(b"5c")) =>
+            {
+                3
+            }
+            _ => 0,
+        };
+        if sep == 0 {
+            i += 1;
+            continue;
+        }
+        if is_dot(&b[start..i]) {
+            return true;
+        }
+        i += sep;
+        start = i;
+    }
+    is_dot(&b[start..])
+}
+
 async fn find_route(shared: &Shared, active: &Active, ex: &mut Exchange<'_>) -> Result<Routed, RouterError> {
     let head = ex.head;
     let path = head.path();
+    // A prefix is matched on the path as sent, and the rest is appended to the target's base
+    // path: a `..` segment would climb out of both.
+    if has_dot_segment(path) {
+        return Err(RouterError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "the request path {path:?} has a \".\" or \"..\" segment (plain or percent-encoded); \
+                 send it without them"
+            ),
+        ));
+    }
     if head.method == Method::POST && OPENAI_PATHS.contains(&path) {
         let limit = shared.config.max_openai_body_bytes;
         let body = ex
@@ -395,6 +441,44 @@ async fn forward(
     outcome
 }
 
+/// Whether a candidate is tried now.
+enum Admit {
+    /// Try it, within this much time (holding its probe slot when half-open).
+    Go(ProbeGuard, Duration),
+    /// Another request holds its probe slot: go on to the next one.
+    Skip,
+    /// Stop trying (deadline, or retry budget spent).
+    Stop(RouterError),
+}
+
+/// Decides whether `cand` is tried as attempt `attempt_no`. A retry takes a token of the
+/// route's budget only once the attempt is certain to be made: a skipped candidate or a spent
+/// deadline costs nothing.
+fn admit(cand: &Candidate, attempt_no: usize, route: &RouteRt, deadline: Instant, now: Instant) -> Admit {
+    let remaining = deadline.saturating_duration_since(now);
+    if remaining.is_zero() {
+        return Admit::Stop(RouterError::new(
+            ErrorKind::Deadline,
+            "the request's deadline ran out",
+        ));
+    }
+    let mut guard = ProbeGuard(None);
+    if cand.probe {
+        if !cand.target.health.try_begin_probe(now) {
+            return Admit::Skip;
+        }
+        guard = ProbeGuard(Some(Arc::clone(&cand.target.health)));
+    }
+    if attempt_no > 0 && !route.state.budget.try_retry(now, &route.spec.retry) {
+        // Dropping the guard gives the probe slot back.
+        return Admit::Stop(RouterError::new(
+            ErrorKind::RetryBudget,
+            "the route's retry budget is spent; not retrying now",
+        ));
+    }
+    Admit::Go(guard, remaining)
+}
+
 /// Tries the plan's candidates in turn.
 #[allow(clippy::too_many_lines)]
 async fn walk(
@@ -417,49 +501,28 @@ async fn walk(
         if attempt_no >= usize::try_from(spec.retry.max_attempts).unwrap_or(usize::MAX) {
             break;
         }
-        if attempt_no > 0 {
-            if streamed.is_some() && ex.body.started() {
-                stop = Some(RouterError::new(
-                    ErrorKind::UpstreamIo,
-                    "the request body was larger than the replay buffer and had started to flow; not retried",
-                ));
-                break;
-            }
-            if !route.state.budget.try_retry(Instant::now(), &spec.retry) {
-                shared.metrics.retry_budget_exhausted.with(&[&spec.name]).inc();
-                stop = Some(RouterError::new(
-                    ErrorKind::RetryBudget,
-                    "the route's retry budget is spent; not retrying now",
-                ));
-                break;
-            }
-        }
-        let mut guard = ProbeGuard(None);
-        if cand.probe {
-            if !cand.target.health.try_begin_probe(Instant::now()) {
-                continue;
-            }
-            guard = ProbeGuard(Some(Arc::clone(&cand.target.health)));
-        }
-        let now = Instant::now();
-        let remaining = deadline.saturating_duration_since(now);
-        if remaining.is_zero() {
+        if attempt_no > 0 && streamed.is_some() && ex.body.started() {
             stop = Some(RouterError::new(
-                ErrorKind::Deadline,
-                "the request's deadline ran out",
+                ErrorKind::UpstreamIo,
+                "the request body was larger than the replay buffer and had started to flow; not retried",
             ));
             break;
         }
-        let timeouts = &cand.route.spec.timeouts;
-        let per_attempt = Duration::from_millis(timeouts.connect_ms.saturating_add(timeouts.first_byte_ms));
-        let (limit, by_deadline) = if remaining < per_attempt {
-            (remaining, true)
-        } else {
-            (per_attempt, false)
+        let now = Instant::now();
+        let (mut guard, remaining) = match admit(cand, attempt_no, route, deadline, now) {
+            Admit::Go(guard, remaining) => (guard, remaining),
+            Admit::Skip => continue,
+            Admit::Stop(e) => {
+                if e.kind == ErrorKind::RetryBudget {
+                    shared.metrics.retry_budget_exhausted.with(&[&spec.name]).inc();
+                }
+                stop = Some(e);
+                break;
+            }
         };
         let body = body_for(cand, routed.model.as_deref(), &routed.body);
         let rest_chunked = encode_request(bytes, head, cand, &body, streamed);
-        let result = attempt(shared, cand, ex, bytes, rest_chunked, limit, by_deadline).await;
+        let result = attempt(shared, cand, ex, bytes, rest_chunked, remaining).await;
         let elapsed = now.elapsed();
         let target_id = cand.target.spec.id.as_str();
         cand.target
@@ -502,16 +565,26 @@ async fn walk(
                     .attempts
                     .with(&[&cand.route.spec.name, target_id, e.attempt_class().as_str()])
                     .inc();
+                let report = AttemptReport {
+                    route: cand.route.spec.name.clone(),
+                    target: target_id.to_owned(),
+                    region: cand.target.spec.region.clone(),
+                    error: e.attempt_class(),
+                    status: e.status,
+                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                };
                 if ex.body.client_failed() {
                     if cand.probe {
                         cand.target.health.abandon_probe();
                     }
+                    // The attempt was made: it is listed, and counted once.
+                    reports.push(report);
                     return Outcome::Failed {
                         err: RouterError::new(
                             ErrorKind::ClientBody,
                             "the request body broke while it was forwarded",
                         ),
-                        attempts: attempt_no + 1,
+                        attempts: reports.len(),
                         reports,
                     };
                 }
@@ -529,14 +602,7 @@ async fn walk(
                     cand.target.health.abandon_probe();
                 }
                 tracing::debug!(route = %cand.route.spec.name, target = target_id, error = %e, "attempt failed");
-                reports.push(AttemptReport {
-                    route: cand.route.spec.name.clone(),
-                    target: target_id.to_owned(),
-                    region: cand.target.spec.region.clone(),
-                    error: e.attempt_class(),
-                    status: e.status,
-                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                });
+                reports.push(report);
                 let retryable = e.retryable;
                 last = Some(e);
                 if !retryable {
@@ -589,11 +655,7 @@ fn spec_budget(route: &RouteRt) -> &crate::budget::RetryBudget {
 
 /// Records a failure against a target, ejecting it when due and allowed by the route's share.
 pub(crate) fn record_target_failure(shared: &Shared, route: &RouteRt, target: &TargetRt, now: Instant) {
-    let policy = &route.spec.health;
-    let total = route.targets.len();
-    let ejected = route.targets.iter().filter(|t| t.health.is_ejected()).count();
-    let cap = (total * usize::try_from(policy.max_ejection_percent).unwrap_or(100) / 100).max(1);
-    let effect = target.health.record_failure(now, policy, ejected < cap);
+    let effect = route.record_failure(target, now);
     match effect {
         FailureEffect::Ejected(d) => {
             tracing::warn!(route = %route.spec.name, target = %target.spec.id, ejected_for_ms = d.as_millis(), "target ejected");
@@ -616,11 +678,12 @@ async fn attempt(
     ex: &mut Exchange<'_>,
     bytes: &[u8],
     rest_chunked: Option<bool>,
-    limit: Duration,
-    by_deadline: bool,
+    remaining: Duration,
 ) -> Result<Winner, RouterError> {
     let key = PoolKey::new(&cand.target.scheme, &cand.target.authority);
-    let connect_ms = cand.route.spec.timeouts.connect_ms;
+    let timeouts = &cand.route.spec.timeouts;
+    let connect_ms = timeouts.connect_ms;
+    let first_byte = Duration::from_millis(timeouts.first_byte_ms);
     let method = &ex.head.method;
     let (body, client) = (&mut *ex.body, &mut *ex.client);
     let work = async {
@@ -632,7 +695,8 @@ async fn attempt(
             head,
             mut conn,
             request_sent,
-        } = shared.pool.exchange(&key, connect_ms, out).await?;
+            first_byte_by,
+        } = shared.pool.exchange(&key, connect_ms, first_byte, out).await?;
         let status = head.status;
         if status >= 500 {
             return Err(
@@ -656,10 +720,24 @@ async fn attempt(
             .with_status(status)
         })?;
         let mut decoder = BodyDecoder::new(framing);
-        let first = match crate::upstream::next_piece(&mut conn, &mut decoder).await {
-            Ok(Piece::Data(b)) => Some(b),
-            Ok(Piece::End) => None,
-            Err(e) => {
+        let piece = tokio::time::timeout_at(
+            first_byte_by,
+            crate::upstream::next_piece(&mut conn, &mut decoder),
+        );
+        let first = match piece.await {
+            Err(_) => {
+                return Err(RouterError::new(
+                    ErrorKind::FirstByteTimeout,
+                    format!(
+                        "no response body within {} ms of the request being sent",
+                        first_byte.as_millis()
+                    ),
+                )
+                .with_status(status))
+            }
+            Ok(Ok(Piece::Data(b))) => Some(b),
+            Ok(Ok(Piece::End)) => None,
+            Ok(Err(e)) => {
                 return Err(RouterError::new(
                     ErrorKind::UpstreamIo,
                     format!("the response broke before its first byte: {e}"),
@@ -676,15 +754,13 @@ async fn attempt(
             request_sent,
         })
     };
-    match tokio::time::timeout(limit, work).await {
+    // Connecting and the first byte have their own limits (in the pool); the request's
+    // deadline covers the whole attempt, a slow upload included.
+    match tokio::time::timeout(remaining, work).await {
         Ok(r) => r,
-        Err(_) if by_deadline => Err(RouterError::new(
+        Err(_) => Err(RouterError::new(
             ErrorKind::Deadline,
             "the request's deadline ran out during the attempt",
-        )),
-        Err(_) => Err(RouterError::new(
-            ErrorKind::FirstByteTimeout,
-            format!("no response within {} ms", limit.as_millis()),
         )),
     }
 }
@@ -889,6 +965,129 @@ async fn write_error(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    fn one_route(targets: &[&str]) -> Arc<RouteRt> {
+        use ballast_api::routing::{FailoverPolicy, HealthPolicy, RetryPolicy, Route, Target, Timeouts};
+        let route = Route {
+            name: "bot".into(),
+            kind: RouteKind::Openai,
+            prefix: None,
+            strip_prefix: false,
+            targets: targets
+                .iter()
+                .map(|id| Target {
+                    id: (*id).into(),
+                    url: format!("http://127.0.0.1:1/{id}"),
+                    region: "eu".into(),
+                    model_version: "m/bot/1".into(),
+                    weight: 1,
+                    upstream_model: None,
+                })
+                .collect(),
+            fallbacks: vec![],
+            split: vec![],
+            sticky_header: "x-session-id".into(),
+            timeouts: Timeouts::default(),
+            retry: RetryPolicy {
+                budget_percent: 0,
+                min_retries_per_second: 1,
+                window_ms: 1_000,
+                ..RetryPolicy::default()
+            },
+            health: HealthPolicy {
+                consecutive_failures: 1,
+                ..HealthPolicy::default()
+            },
+            failover: FailoverPolicy::default(),
+            regions: None,
+        };
+        let snapshot =
+            ballast_api::routing::RoutingSnapshot::new(1, std::collections::BTreeMap::new(), vec![route]);
+        let table = crate::table::Table::compile(&snapshot, "eu", &crate::table::Runtime::default());
+        Arc::clone(table.openai("bot").unwrap())
+    }
+
+    #[test]
+    fn a_retry_token_is_taken_only_for_an_attempt_really_made() {
+        let route = one_route(&["a", "b"]);
+        let cand = |i: usize, probe: bool| Candidate {
+            target: Arc::clone(&route.targets[i]),
+            route: Arc::clone(&route),
+            probe,
+        };
+        let t0 = Instant::now();
+        // Target a is half-open, and another request holds its probe slot.
+        let a = &route.targets[0].health;
+        assert!(matches!(
+            a.record_failure(t0, &route.spec.health, true),
+            FailureEffect::Ejected(_)
+        ));
+        let now = a.ejected_until().unwrap() + Duration::from_millis(1);
+        assert!(a.try_begin_probe(now));
+        let far = now + Duration::from_secs(60);
+        assert!(matches!(admit(&cand(0, true), 1, &route, far, now), Admit::Skip));
+        // The deadline has run out.
+        assert!(matches!(
+            admit(&cand(1, false), 1, &route, now, now),
+            Admit::Stop(e) if e.kind == ErrorKind::Deadline
+        ));
+        // The budget's single token is still there: the next real retry gets it, and only it.
+        assert!(matches!(
+            admit(&cand(1, false), 1, &route, far, now),
+            Admit::Go(_, _)
+        ));
+        assert!(matches!(
+            admit(&cand(1, false), 1, &route, far, now),
+            Admit::Stop(e) if e.kind == ErrorKind::RetryBudget
+        ));
+        // A first attempt needs no token.
+        assert!(matches!(
+            admit(&cand(1, false), 0, &route, far, now),
+            Admit::Go(_, _)
+        ));
+        // A probe refused for want of budget gives its slot back.
+        a.abandon_probe();
+        assert!(matches!(
+            admit(&cand(0, true), 1, &route, far, now),
+            Admit::Stop(e) if e.kind == ErrorKind::RetryBudget
+        ));
+        assert!(a.try_begin_probe(now), "the probe slot was released");
+    }
+
+    #[test]
+    fn dot_segments_are_found_plain_and_percent_encoded() {
+        for bad in [
+            "/ocr/../x",
+            "/ocr/./x",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e/b",
+            "/a/%2E",
+            "/a/..",
+            "/a/%2e./",
+            "/a/..%2fx",
+            "/a/..%2F..%2Fx",
+            "/a/..%5cx",
+            "/a\\..\\x",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in [
+            "/",
+            "/ocr/x",
+            "/a/...",
+            "/a/.hidden",
+            "/a/..b",
+            "/a/%2e%2e%2e",
+            "/v1.2/x.",
+            "",
+            "/a/%2",
+            "/a/%2fb",
+            "/a%",
+        ] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_dates() {

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ballast_api::routing::{LocalRegionPolicy, Route, RouteKind, RouteRegions, RoutingSnapshot, Target};
 use http::uri::{Authority, Scheme};
 
 use crate::budget::RetryBudget;
 use crate::failover::FailoverState;
-use crate::health::{FailureRatePolicy, TargetHealth};
+use crate::health::{FailureEffect, FailureRatePolicy, TargetHealth};
 use crate::metrics::{Counter, Handle, Histogram};
 
 /// A target ready to be called.
@@ -86,6 +87,9 @@ pub struct RouteState {
     pub budget: RetryBudget,
     /// Region failover.
     pub failover: Mutex<FailoverState>,
+    /// Held while a failure decides whether its target is ejected, so that the count of
+    /// ejected targets and the ejection itself form one step for the whole route.
+    pub ejection: Mutex<()>,
 }
 
 /// A route ready to serve.
@@ -107,6 +111,21 @@ pub struct RouteRt {
     pub state: Arc<RouteState>,
     /// Its metric values, looked up on first use.
     pub metrics: RouteMetrics,
+}
+
+impl RouteRt {
+    /// Records a failed attempt on one of its targets and ejects it when due, unless the
+    /// route's maximum ejection share is reached. The share is checked and taken under the
+    /// route's lock: failures on several threads at once never eject more than the share.
+    pub fn record_failure(&self, target: &TargetRt, now: Instant) -> FailureEffect {
+        let policy = &self.spec.health;
+        let _decision = lock(&self.state.ejection);
+        let total = self.targets.len();
+        let ejected = self.targets.iter().filter(|t| t.health.is_ejected()).count();
+        let share = usize::try_from(policy.max_ejection_percent).unwrap_or(100);
+        let cap = (total.saturating_mul(share) / 100).max(1);
+        target.health.record_failure(now, policy, ejected < cap)
+    }
 }
 
 /// The state that outlives snapshots.
@@ -501,5 +520,43 @@ mod tests {
         let t2 = Table::compile(&s2, "eu", &rt);
         assert!(Arc::ptr_eq(&h, &t2.openai("bot").unwrap().targets[0].health));
         assert_eq!(h.failure_rate(), FailureRatePolicy::default());
+    }
+
+    #[test]
+    fn failures_on_many_threads_never_eject_more_than_the_routes_share() {
+        const TARGETS: usize = 10;
+        const THREADS: usize = 8;
+        let mut r = route(
+            "bot",
+            RouteKind::Openai,
+            None,
+            (0..TARGETS).map(|i| target(&format!("t{i}"), "eu")).collect(),
+        );
+        r.health.consecutive_failures = 1;
+        r.health.max_ejection_percent = 30;
+        let s = RoutingSnapshot::new(1, BTreeMap::new(), vec![r]);
+        let start = std::time::Instant::now();
+        let mut rounds = 0u32;
+        // Each round starts from fresh health; every thread fails its own targets at once.
+        while rounds < 3_000 && start.elapsed() < std::time::Duration::from_secs(20) {
+            rounds += 1;
+            let rt = Runtime::default();
+            let t = Table::compile(&s, "eu", &rt);
+            let bot = Arc::clone(t.openai("bot").unwrap());
+            let gate = std::sync::Barrier::new(THREADS);
+            std::thread::scope(|sc| {
+                for n in 0..THREADS {
+                    let (bot, gate) = (&bot, &gate);
+                    sc.spawn(move || {
+                        gate.wait();
+                        for k in (n..TARGETS).step_by(THREADS) {
+                            bot.record_failure(&bot.targets[k], Instant::now());
+                        }
+                    });
+                }
+            });
+            let ejected = bot.targets.iter().filter(|t| t.health.is_ejected()).count();
+            assert_eq!(ejected, 3, "round {rounds}: 30 % of 10 targets may be ejected");
+        }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! A pooled connection is checked before reuse (closed by the peer, or holding unexpected
 //! bytes: dropped), and a request that a reused connection failed before any byte of an answer
-//! came back is sent once more on a new connection when its body can be sent again.
+//! came back — or answered with a `408 Request Timeout` the upstream wrote as it closed the idle
+//! connection — is sent once more on a new connection when its body can be sent again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -249,6 +250,9 @@ pub struct Answer {
     pub conn: Box<Conn>,
     /// The whole request went out (else the connection cannot be reused).
     pub request_sent: bool,
+    /// When the first-byte limit runs out: `first_byte` after the request was written (or after
+    /// the upstream answered before the end of a streamed body).
+    pub first_byte_by: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Pool {
@@ -361,12 +365,17 @@ impl Pool {
     /// request that a reused connection failed before any answer came back is sent once more on
     /// a new connection, unless part of a streamed body was already read from the client.
     ///
+    /// Connecting may take `connect_ms`; the head must arrive within `first_byte` of the
+    /// request being written (the time a client takes to upload its body is not the target's).
+    ///
     /// # Errors
-    /// Connecting failed, or the upstream failed before answering.
+    /// Connecting failed or timed out, the upstream failed before answering, or its answer did
+    /// not start within `first_byte`.
     pub async fn exchange<S>(
         &self,
         key: &PoolKey,
         connect_ms: u64,
+        first_byte: Duration,
         mut out: Outgoing<'_, S>,
     ) -> Result<Answer, RouterError>
     where
@@ -375,7 +384,7 @@ impl Pool {
         // A body that can be sent again needs no check of the connection beforehand.
         let replayable = out.rest.is_none();
         if let Some(conn) = self.take_idle(key, !replayable).await {
-            match send_on(conn, &mut out).await {
+            match send_on(conn, &mut out, first_byte).await {
                 Ok(a) => return Ok(a),
                 Err(SendError::Failed(e)) => return Err(e),
                 Err(SendError::NotSent(e)) => {
@@ -388,7 +397,7 @@ impl Pool {
         // Boxed: connecting is rare on a warm pool, and its state would otherwise be part of
         // every request's future.
         let conn = Box::pin(self.connect(key, connect_ms)).await?;
-        send_on(conn, &mut out).await.map_err(|e| match e {
+        send_on(conn, &mut out, first_byte).await.map_err(|e| match e {
             SendError::NotSent(e) | SendError::Failed(e) => e,
         })
     }
@@ -404,7 +413,11 @@ enum SendError {
 
 /// Writes the request (streaming the rest of a large body while watching for an early answer)
 /// and reads the response head.
-async fn send_on<S>(mut conn: Box<Conn>, out: &mut Outgoing<'_, S>) -> Result<Answer, SendError>
+async fn send_on<S>(
+    mut conn: Box<Conn>,
+    out: &mut Outgoing<'_, S>,
+    first_byte: Duration,
+) -> Result<Answer, SendError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -468,11 +481,32 @@ where
             }
         }
     }
-    match conn.read_head().await {
+    // The first-byte limit starts once the request is out (or the upstream spoke early).
+    let first_byte_by = tokio::time::Instant::now() + first_byte;
+    let Ok(read) = tokio::time::timeout_at(first_byte_by, conn.read_head()).await else {
+        return Err(SendError::Failed(RouterError::new(
+            ErrorKind::FirstByteTimeout,
+            format!(
+                "no response within {} ms of the request being sent",
+                first_byte.as_millis()
+            ),
+        )));
+    };
+    match read {
+        // An upstream closing an idle connection may first say `408 Request Timeout` (RFC 9110
+        // §15.5.9) unasked: on a reused connection, for a request that can be sent again, that
+        // is no answer to this request.
+        Ok(head) if reused && head.status == 408 && out.rest.is_none() => {
+            Err(SendError::NotSent(RouterError::new(
+                ErrorKind::UpstreamIo,
+                "the reused connection was timed out by the upstream (408)",
+            )))
+        }
         Ok(head) => Ok(Answer {
             head,
             conn,
             request_sent,
+            first_byte_by,
         }),
         Err(ReadError::Nothing(why)) => Err(io_error(why)),
         Err(ReadError::Answered(e)) => Err(SendError::Failed(e)),

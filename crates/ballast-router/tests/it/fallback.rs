@@ -117,6 +117,41 @@ async fn rate_limited_targets_are_skipped_until_retry_after() {
 }
 
 #[tokio::test]
+async fn a_retry_after_date_keeps_the_target_out_until_then() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    // HTTP dates have whole seconds: "until" lies between 2 and 3 s from now.
+    let until = std::time::SystemTime::now() + Duration::from_secs(3);
+    let until_secs = until.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let until_whole = std::time::UNIX_EPOCH + Duration::from_secs(until_secs);
+    a.set(Mode::RateLimitedUntil(until));
+    let toml = format!(
+        "generation = 1\n{REGIONS}[[routes]]\nname = \"bot\"\nfailover = {{ min_healthy_percent = 0 }}\n{}{}",
+        target("a", &a.url(), "r0", "m/bot/1"),
+        target("b", &b.url(), "r1", "m/bot/1"),
+    );
+    let router = TestRouter::start("r0", &toml).await;
+    let r = router.chat("bot").await;
+    assert_eq!((r.status, r.attempts(), r.upstream().as_str()), (200, 2, "b"));
+    a.set(Mode::Ok);
+    // Until the date, a is left out of every plan.
+    let out_until = until_whole - Duration::from_millis(200);
+    while std::time::SystemTime::now() < out_until {
+        let r = router.chat("bot").await;
+        assert_eq!((r.status, r.attempts(), r.upstream().as_str()), (200, 1, "b"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.hits(), 1);
+    eventually(
+        Duration::from_secs(3),
+        "a serves again after the date",
+        || async { router.chat("bot").await.upstream() == "a" },
+    )
+    .await;
+    assert!(std::time::SystemTime::now() >= until_whole - Duration::from_millis(50));
+}
+
+#[tokio::test]
 async fn fallback_routes_serve_when_every_target_fails_with_the_model_they_know() {
     let big = Upstream::start("big").await;
     let small = Upstream::start("small").await;

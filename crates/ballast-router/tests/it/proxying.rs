@@ -181,6 +181,31 @@ async fn small_bodies_are_replayed_and_large_ones_are_not_retried_after_they_flo
 }
 
 #[tokio::test]
+async fn a_large_body_goes_to_the_next_target_when_the_first_refuses_the_connection() {
+    let refused = crate::support::closed_port_url().await;
+    let good = Upstream::start("good").await;
+    let toml = format!(
+        "generation = 1\n[regions.eu]\nfailover = [\"us\"]\n[[routes]]\nname = \"up\"\nkind = \"prefix\"\nprefix = \"/up\"\nretry = {{ replay_buffer_bytes = 1024 }}\nhealth = {{ consecutive_failures = 100 }}\n{}{}",
+        target("refused", &refused, "eu", "m/up/1"),
+        target("good", &good.url(), "us", "m/up/1"),
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    // 64 KiB streamed: nothing of it went anywhere when the first connection was refused.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64u8).map(|i| Ok(vec![i; 1024])).collect();
+    let expected: Vec<u8> = (0..64u8).flat_map(|i| vec![i; 1024]).collect();
+    let r = client()
+        .post(router.url("/up/x"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ballast-attempts"], "2");
+    assert_eq!(r.headers()["x-ballast-target"], "good");
+    assert_eq!(good.seen.lock().unwrap().bodies[0].as_ref(), expected.as_slice());
+}
+
+#[tokio::test]
 async fn a_stream_that_goes_quiet_is_cut_after_the_idle_timeout_and_counts_against_the_target() {
     let quiet = Upstream::start("quiet").await;
     quiet.set(Mode::SseThenStall(2));

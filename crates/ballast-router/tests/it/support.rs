@@ -27,6 +27,8 @@ pub enum Mode {
     Status(u16),
     /// 429 with `Retry-After: secs`.
     RateLimited(u64),
+    /// 429 with `Retry-After` as an HTTP date.
+    RateLimitedUntil(std::time::SystemTime),
     /// Never answers.
     Hang,
     /// Waits before sending the headers.
@@ -230,6 +232,13 @@ async fn answer(
             let mut r = Response::new(full("slow down"));
             *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
             r.headers_mut().insert("retry-after", secs.into());
+            r
+        }
+        Mode::RateLimitedUntil(at) => {
+            let mut r = Response::new(full("slow down"));
+            *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            r.headers_mut()
+                .insert("retry-after", httpdate::fmt_http_date(at).parse().unwrap());
             r
         }
         Mode::Hang => {

@@ -567,3 +567,267 @@ async fn garbage_on_the_wire_never_takes_the_router_down() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A raw upstream that answers the first request of each connection and then times the
+/// connection out with an unasked `408`: at once when the next request arrives
+/// (`spontaneous == false`), or after 100 ms idle without waiting for one.
+async fn timing_out_upstream(spontaneous: bool) -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let conns = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&conns);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).await.is_none() {
+                    return;
+                }
+                if s.write_all(&ok(&format!("conn{n}"))).await.is_err() {
+                    return;
+                }
+                if spontaneous {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else if read_request(&mut s, &mut buf).await.is_none() {
+                    return;
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+                // Linger so that the close is orderly.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            });
+        }
+    });
+    (url, conns, task)
+}
+
+#[tokio::test]
+async fn an_unasked_408_on_a_reused_connection_is_not_taken_as_the_answer() {
+    for spontaneous in [false, true] {
+        let (url, conns, task) = timing_out_upstream(spontaneous).await;
+        let routes = format!(
+            "generation = 1\n[[routes]]\nname = \"p\"\nkind = \"prefix\"\nprefix = \"/p\"\n{}",
+            target("p-a", &url, "eu", "m/p/1")
+        );
+        // One worker: both requests go through the same pool shard.
+        let router = TestRouter::start_with("eu", &routes, |c| c.workers = 1).await;
+        let client = crate::support::client();
+        let first = client.get(router.url("/p/1")).send().await.unwrap();
+        assert_eq!(first.status(), 200);
+        assert_eq!(first.text().await.unwrap(), "conn0");
+        if spontaneous {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let second = client.get(router.url("/p/2")).send().await.unwrap();
+        assert_eq!(second.status(), 200, "spontaneous={spontaneous}");
+        assert_eq!(second.headers()["x-ballast-attempts"], "1");
+        assert_eq!(
+            second.text().await.unwrap(),
+            "conn1",
+            "sent again on a new connection"
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(router.target("p-a").await["consecutive_failures"], 0);
+        assert_eq!(router.target_phase("p-a").await, "healthy");
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_stop_at_the_router_but_connection_never_strips_framing_or_host() {
+    let up = scripted(|r| {
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nconnection: content-length, transfer-encoding, x-hop\r\nkeep-alive: timeout=5\r\n\
+             proxy-connection: keep-alive\r\nupgrade: h2c\r\ntrailer: x-sum\r\nproxy-authenticate: Basic\r\n\
+             x-hop: 1\r\nx-end: kept\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        (answer.into_bytes(), false)
+    })
+    .await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    let answer = exchange_until_close(
+        &router,
+        b"POST /p/a HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, content-length, host, x-hop-req\r\n\
+          te: trailers\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\n\
+          proxy-authorization: Basic eDp5\r\ntrailer: x-sum\r\nupgrade: websocket\r\nx-hop-req: 1\r\n\
+          x-end-req: kept\r\n\
+          content-length: 5\r\n\r\nhello\
+          GET /p/b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = answer.to_ascii_lowercase();
+    // Both answers framed by their length: the kept-alive client can tell where each ends.
+    assert_eq!(lower.matches("content-length: 5\r\n").count(), 1, "{answer}");
+    assert_eq!(lower.matches("content-length: 0\r\n").count(), 1, "{answer}");
+    assert_eq!(
+        lower
+            .matches("HTTP/1.1 200 ".to_ascii_lowercase().as_str())
+            .count(),
+        2,
+        "{answer}"
+    );
+    assert!(lower.contains("\r\n\r\nhello"), "{answer}");
+    assert_eq!(lower.matches("x-end: kept\r\n").count(), 2, "{answer}");
+    for hop in [
+        "keep-alive:",
+        "proxy-connection:",
+        "upgrade:",
+        "trailer:",
+        "x-hop:",
+        "proxy-authenticate:",
+    ] {
+        assert!(!lower.contains(hop), "{hop} passed back: {answer}");
+    }
+    let got = up.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    let first = &got[0];
+    assert_eq!(first.body, b"hello");
+    assert!(first.head.contains("content-length: 5\r\n"), "{}", first.head);
+    assert!(first.head.contains("\r\nhost: 127.0.0.1:"), "{}", first.head);
+    assert!(first.head.contains("x-end-req: kept\r\n"), "{}", first.head);
+    for hop in [
+        "connection:",
+        "te:",
+        "keep-alive:",
+        "proxy-connection:",
+        "proxy-authorization:",
+        "trailer:",
+        "upgrade:",
+        "x-hop-req:",
+    ] {
+        assert!(!first.head.contains(hop), "{hop} forwarded: {}", first.head);
+    }
+}
+
+#[tokio::test]
+async fn paths_with_dot_segments_are_refused_before_routing() {
+    let up = scripted(|_| (ok("{}"), false)).await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 1024)).await;
+    for path in [
+        "/p/../x",
+        "/p/./x",
+        "/p/%2e%2e/x",
+        "/p/%2E./x",
+        "/p/a/..",
+        "/p/..%2Fx",
+    ] {
+        let answer = exchange_until_close(
+            &router,
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{path}: {answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request", "{path}: {body}");
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains("segment"),
+            "{path}: {body}"
+        );
+    }
+    assert!(
+        up.received.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+    // Dots inside a segment are fine.
+    let answer = exchange_until_close(
+        &router,
+        b"GET /p/v1.2/..x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_the_targets_fault_but_a_silent_target_still_times_out() {
+    let up = scripted(|r| (ok(&r.body.len().to_string()), false)).await;
+    let hung = crate::support::Upstream::start("hung").await;
+    hung.set(crate::support::Mode::Hang);
+    let timeouts = "timeouts = { connect_ms = 1000, first_byte_ms = 300, deadline_ms = 10000 }";
+    let routes = format!(
+        "generation = 1\n[[routes]]\nname = \"p\"\nkind = \"prefix\"\nprefix = \"/p\"\n{timeouts}\n\
+         retry = {{ replay_buffer_bytes = 16 }}\nhealth = {{ consecutive_failures = 1 }}\n{}\
+         [[routes]]\nname = \"h\"\nkind = \"prefix\"\nprefix = \"/h\"\n{timeouts}\n{}",
+        target("p-a", &up.url, "eu", "m/p/1"),
+        target("h-a", &hung.url(), "eu", "m/h/1"),
+    );
+    let router = TestRouter::start("eu", &routes).await;
+    // 64 bytes, sent 8 at a time 150 ms apart: the upload takes about 1.2 s, four times the
+    // first-byte limit, and the upstream answers as soon as it has the whole body.
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(b"POST /p/up HTTP/1.1\r\nhost: x\r\ncontent-length: 64\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        s.write_all(b"abcdefgh").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n64"), "{answer}");
+    assert_eq!(router.target("p-a").await["consecutive_failures"], 0);
+    assert_eq!(router.target_phase("p-a").await, "healthy");
+
+    // A whole request that gets no answer still fails after the first-byte limit.
+    let started = std::time::Instant::now();
+    let answer = exchange_until_close(
+        &router,
+        b"POST /h/x HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(answer.contains("\"first_byte_timeout\""), "{answer}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_breaks_lists_the_attempt_it_counts() {
+    let up = scripted(|r| (ok(&r.body.len().to_string()), false)).await;
+    let router = TestRouter::start("eu", &prefix_routes(&up, 16)).await;
+    let mut s = TcpStream::connect(router.addr).await.unwrap();
+    s.write_all(b"POST /p/up HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'a'; 40]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client stops sending 60 bytes short, and waits for the answer.
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let attempts: usize = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-ballast-attempts: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let listed = json["error"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts, 1, "{answer}");
+    assert_eq!(listed.len(), attempts, "{answer}");
+    assert_eq!(listed[0]["target"], "p-a");
+}
