@@ -292,6 +292,18 @@ pub struct RouterArgs {
     /// CPU]; 0 serves on the process's shared runtime.
     #[arg(long, value_name = "N", env = "BALLAST_ROUTER_WORKERS")]
     pub workers: Option<usize>,
+    /// File holding the token /admin/* requests must send as `Authorization: Bearer <token>`;
+    /// without it /admin/* answers loopback clients only.
+    #[arg(long, value_name = "PATH", env = "BALLAST_ROUTER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, give in-flight requests this many seconds to finish.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "BALLAST_ROUTER_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_grace_secs: u64,
 }
 
 /// `ballast model …`.

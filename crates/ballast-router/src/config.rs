@@ -57,6 +57,9 @@ pub struct RouterConfig {
     /// may pause this long at most between two reads (slow clients, and clients that never
     /// finish, do not hold a connection forever).
     pub client_head_timeout: Duration,
+    /// The token `/admin/*` requests must present as `Authorization: Bearer <token>`. Without
+    /// one, `/admin/*` answers loopback peers only.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl RouterConfig {
@@ -82,6 +85,7 @@ impl RouterConfig {
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             client_idle_timeout: Duration::from_secs(300),
             client_head_timeout: Duration::from_secs(30),
+            admin_token: None,
         }
     }
 }
@@ -107,6 +111,56 @@ impl RegistryToken {
 impl std::fmt::Debug for RegistryToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RegistryToken(****)")
+    }
+}
+
+/// The token guarding the router's `/admin/*` endpoints: never printed (its `Debug` shows
+/// only that it is set) and compared in constant time.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Wraps a token (surrounding whitespace, such as a file's final newline, is dropped).
+    ///
+    /// # Errors
+    /// An empty token, or one with characters a header cannot carry (spaces, control
+    /// characters, non-ASCII).
+    pub fn new(token: &str) -> Result<Self, String> {
+        let t = token.trim();
+        if t.is_empty() {
+            return Err("the admin token is empty".to_owned());
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the admin token must be printable ASCII without spaces".to_owned());
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    /// Reads the token from the first line of a file.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no usable token.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+        Self::new(text.lines().next().unwrap_or("")).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Whether `presented` is this token, in time independent of where they differ.
+    #[must_use]
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        let mut diff = u8::from(want.len() != presented.len());
+        for (i, w) in want.iter().enumerate() {
+            diff |= w ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(****)")
     }
 }
 

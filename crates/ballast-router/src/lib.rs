@@ -51,7 +51,7 @@ use std::time::SystemTime;
 
 use ballast_api::routing::RoutingSnapshot;
 
-pub use crate::config::{load_routes_file, ConfigError, RegistryToken, RouterConfig};
+pub use crate::config::{load_routes_file, AdminToken, ConfigError, RegistryToken, RouterConfig};
 pub use crate::error::{ErrorKind, ErrorSource, RouterError};
 pub use crate::state::{OfferOutcome, OfferRejected};
 
@@ -210,21 +210,55 @@ fn initial_snapshot(config: &RouterConfig) -> Result<(RoutingSnapshot, &'static 
     }
 }
 
-/// The first snapshot of a registry-fed router: the last-known-good one when there is one (the
-/// poller fetches anything newer at once), else one fetched from the registry now.
+/// The first snapshot of a registry-fed router: the last-known-good one when this registry
+/// wrote it (the poller fetches anything newer at once, and reports a registry that is behind
+/// it); one fetched from the registry now when there is none, or when it was written by another
+/// source (a `--config` run sharing the state directory, another registry) and the registry
+/// answers — else that one, with a warning.
 async fn initial_from_registry(
     config: &RouterConfig,
     client: &registry::RegistryClient,
 ) -> Result<(RoutingSnapshot, &'static str), StartError> {
     let mut problems = Vec::new();
+    let origin = state::origin_of(config);
     if let Some(dir) = &config.state_dir {
-        match lkg::load(dir) {
-            Ok(Some(s)) => {
+        match lkg::load_with_origin(dir) {
+            Ok(Some((s, from))) if from.as_deref() == Some(origin.as_str()) => {
                 tracing::info!(
                     generation = s.generation,
                     "starting from the last-known-good snapshot; watching the registry"
                 );
                 return Ok((s, "last_known_good"));
+            }
+            Ok(Some((s, from))) => {
+                let from = from.unwrap_or_else(|| "an unrecorded source".to_owned());
+                let fetched = match client.poll(None, std::time::Duration::ZERO).await {
+                    Ok(registry::Poll::Snapshot(r)) => r.validate().map(|()| *r).map_err(|e| e.to_string()),
+                    Ok(registry::Poll::NotModified) => {
+                        Err("the registry answered 304 to a first request".to_owned())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                return Ok(match fetched {
+                    Ok(r) => {
+                        tracing::warn!(
+                            lkg_origin = %from,
+                            lkg_generation = s.generation,
+                            registry_generation = r.generation,
+                            "ignoring the last-known-good snapshot written by another source; serving the registry's"
+                        );
+                        (r, "registry")
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            lkg_origin = %from,
+                            generation = s.generation,
+                            error = %e,
+                            "the registry gave no snapshot; serving the last-known-good one although another source wrote it"
+                        );
+                        (s, "last_known_good")
+                    }
+                });
             }
             Ok(None) => {}
             Err(e) => {
@@ -291,17 +325,22 @@ impl Router {
                 addr: config.listen,
                 source,
             })?;
-        if let Some(dir) = &config.state_dir {
-            let current = lkg::load(dir).ok().flatten();
-            if current.as_ref().map(|c| &c.digest) != Some(&snapshot.digest) {
-                if let Err(e) = lkg::save(dir, &snapshot) {
-                    tracing::error!(error = %e, dir = %dir.display(), "cannot persist the last-known-good snapshot");
-                }
-            }
-        }
         tracing::info!(generation = snapshot.generation, source, region = %config.region, "routing snapshot loaded");
         let shared = Shared::new(config, snapshot, source, tls);
         let active = shared.active();
+        if let Some(dir) = shared.config.state_dir.clone() {
+            // Written unless the file holds this very snapshot from this source already.
+            let (me, first) = (Arc::clone(&shared), Arc::clone(&active.snapshot));
+            let _ = tokio::task::spawn_blocking(move || {
+                let current = lkg::load_with_origin(&dir).ok().flatten();
+                if current.as_ref().map(|(c, o)| (&c.digest, o.as_deref()))
+                    != Some((&first.digest, Some(me.origin.as_str())))
+                {
+                    me.write_lkg(&first);
+                }
+            })
+            .await;
+        }
         shared.restart_checkers(&active);
         let watcher = shared.config.routes_file.clone().map(|path| {
             let shared = Arc::clone(&shared);

@@ -1,6 +1,11 @@
 //! The last-known-good snapshot on disk: written atomically (temporary file, fsync, rename,
 //! directory fsync) each time a new snapshot becomes active, and read at start so a router whose
 //! configuration source is unreadable (or whose registry is down) still serves.
+//!
+//! The file is the snapshot's JSON with one extra member, `"origin"`: the source that produced
+//! it (`registry <url>`, `file <path>` or `api`), so a registry-fed router can tell a snapshot
+//! it did not get from its registry (a state directory shared with a `--config` run, or another
+//! registry). Files without it (older routers) load with an unknown origin.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,6 +14,9 @@ use ballast_api::routing::RoutingSnapshot;
 
 /// File name of the last-known-good snapshot inside the state directory.
 pub const LKG_FILE: &str = "routing-snapshot.json";
+
+/// The member of the file naming the snapshot's source.
+const ORIGIN_KEY: &str = "origin";
 
 /// Why the last-known-good snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -42,30 +50,50 @@ pub fn lkg_path(dir: &Path) -> PathBuf {
 /// # Errors
 /// The file exists but cannot be read, parsed, or fails validation (including its digest).
 pub fn load(dir: &Path) -> Result<Option<RoutingSnapshot>, LkgError> {
+    Ok(load_with_origin(dir)?.map(|(s, _)| s))
+}
+
+/// Reads the last-known-good snapshot and the source that produced it (`None` when the file
+/// does not say); `Ok(None)` when there is none yet.
+///
+/// # Errors
+/// The file exists but cannot be read, parsed, or fails validation (including its digest).
+pub fn load_with_origin(dir: &Path) -> Result<Option<(RoutingSnapshot, Option<String>)>, LkgError> {
     let path = lkg_path(dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(LkgError::Read { path, source }),
     };
-    let snapshot: RoutingSnapshot = serde_json::from_str(&text).map_err(|e| LkgError::Invalid {
+    let invalid = |message: String| LkgError::Invalid {
         path: path.clone(),
-        message: e.to_string(),
-    })?;
-    snapshot.validate().map_err(|e| LkgError::Invalid {
-        path,
-        message: e.to_string(),
-    })?;
-    Ok(Some(snapshot))
+        message,
+    };
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let origin = value
+        .as_object_mut()
+        .and_then(|o| o.remove(ORIGIN_KEY))
+        .and_then(|o| o.as_str().map(str::to_owned));
+    let snapshot: RoutingSnapshot = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    snapshot.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(Some((snapshot, origin)))
 }
 
-/// Writes `snapshot` as the last-known-good, atomically and durably.
+/// Writes `snapshot`, produced by `origin`, as the last-known-good, atomically and durably.
+/// This blocks on disk writes and fsyncs: async callers run it on a blocking thread.
 ///
 /// # Errors
 /// The directory or file cannot be written.
-pub fn save(dir: &Path, snapshot: &RoutingSnapshot) -> std::io::Result<()> {
+pub fn save(dir: &Path, snapshot: &RoutingSnapshot, origin: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let bytes = serde_json::to_vec_pretty(snapshot).map_err(std::io::Error::other)?;
+    let mut value = serde_json::to_value(snapshot).map_err(std::io::Error::other)?;
+    if let Some(o) = value.as_object_mut() {
+        o.insert(
+            ORIGIN_KEY.to_owned(),
+            serde_json::Value::String(origin.to_owned()),
+        );
+    }
+    let bytes = serde_json::to_vec_pretty(&value).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!(".{LKG_FILE}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -93,8 +121,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
         let s = RoutingSnapshot::new(5, BTreeMap::new(), Vec::new());
-        save(dir.path(), &s).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), Some(s));
+        save(dir.path(), &s, "file routes.toml").unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s.clone()));
+        assert_eq!(
+            load_with_origin(dir.path()).unwrap(),
+            Some((s.clone(), Some("file routes.toml".to_owned())))
+        );
+        // A file of an older router (no origin) still loads.
+        std::fs::write(lkg_path(dir.path()), serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(load_with_origin(dir.path()).unwrap(), Some((s.clone(), None)));
+        save(dir.path(), &s, "file routes.toml").unwrap();
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -108,6 +108,21 @@ impl<T: Default> Family<T> {
     }
 }
 
+impl<T> Family<T> {
+    /// Drops every series whose `label` has a value outside `keep` (a family without that
+    /// label is left alone).
+    pub fn retain(&self, label: &str, keep: &std::collections::HashSet<&str>) {
+        let Some(i) = self.labels.iter().position(|l| *l == label) else {
+            return;
+        };
+        let mut map = match self.values.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.retain(|k, _| k.get(i).is_some_and(|v| keep.contains(v.as_str())));
+    }
+}
+
 /// A metric value of a family looked up once and kept (by a route or target) so the request
 /// path does not search the family's map.
 #[derive(Debug)]
@@ -207,6 +222,11 @@ pub struct Metrics {
     pub snapshot_loads: Family<Counter>,
     /// Streams that broke after the response started, by target.
     pub stream_errors: Family<Counter>,
+    /// Last-known-good snapshots that could not be written.
+    pub lkg_write_failures: Counter,
+    /// 1 while the registry's current generation is lower than the active snapshot's (the
+    /// registry was restored from an older state, or the snapshot came from elsewhere).
+    pub registry_behind: AtomicU64,
     generation: AtomicU64,
     loaded_at_unix_ms: AtomicU64,
 }
@@ -277,9 +297,38 @@ impl Metrics {
                 "Responses that broke after they started to flow to the client.",
                 &["target"],
             ),
+            lkg_write_failures: Counter::default(),
+            registry_behind: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             loaded_at_unix_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Removes the series of routes and targets that are not in the active snapshot any more
+    /// (`routes`: its route names, `targets`: its target ids), so `/metrics` does not grow
+    /// with every redeployment.
+    pub fn forget_absent(
+        &self,
+        routes: &std::collections::HashSet<&str>,
+        targets: &std::collections::HashSet<&str>,
+    ) {
+        for f in [
+            &self.requests,
+            &self.attempts,
+            &self.fallbacks,
+            &self.ejections,
+            &self.failovers,
+            &self.retry_budget_exhausted,
+            &self.panic_routing,
+        ] {
+            f.retain("route", routes);
+        }
+        self.fallbacks.retain("served_by", routes);
+        self.request_duration.retain("route", routes);
+        for f in [&self.attempts, &self.ejections, &self.stream_errors] {
+            f.retain("target", targets);
+        }
+        self.attempt_duration.retain("target", targets);
     }
 
     /// Records that a snapshot became active.
@@ -305,6 +354,26 @@ impl Metrics {
         self.stream_errors.render(&mut out);
         let _ = writeln!(
             out,
+            "# HELP ballast_router_lkg_write_failures_total Last-known-good snapshots that could not be written to the state directory."
+        );
+        let _ = writeln!(out, "# TYPE ballast_router_lkg_write_failures_total counter");
+        let _ = writeln!(
+            out,
+            "ballast_router_lkg_write_failures_total {}",
+            self.lkg_write_failures.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ballast_router_registry_behind 1 while the registry's current generation is lower than the active snapshot's."
+        );
+        let _ = writeln!(out, "# TYPE ballast_router_registry_behind gauge");
+        let _ = writeln!(
+            out,
+            "ballast_router_registry_behind {}",
+            self.registry_behind.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP ballast_router_snapshot_generation Generation of the active routing snapshot."
         );
         let _ = writeln!(out, "# TYPE ballast_router_snapshot_generation gauge");
@@ -318,7 +387,7 @@ impl Metrics {
         let age = now_unix_ms.saturating_sub(loaded) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "# HELP ballast_router_snapshot_age_seconds Time since the active routing snapshot was loaded."
+            "# HELP ballast_router_snapshot_age_seconds Time since the active routing snapshot became active in this process (snapshots carry no creation time)."
         );
         let _ = writeln!(out, "# TYPE ballast_router_snapshot_age_seconds gauge");
         let _ = writeln!(out, "ballast_router_snapshot_age_seconds {age}");

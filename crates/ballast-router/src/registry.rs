@@ -19,6 +19,9 @@ use crate::state::{unix_ms, Shared};
 /// Largest snapshot accepted from the registry.
 const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 
+/// Longest long-poll the registry grants (`wait` is capped to it).
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
 /// Why one fetch did not give a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -56,8 +59,15 @@ pub struct RegistryStatus {
     pub url: String,
     /// Last successful answer (ms since the Unix epoch).
     pub last_ok_unix_ms: Option<u64>,
-    /// The last failure, cleared by the next success.
+    /// The last failure, cleared by the next success (but kept while `behind` is set).
     pub last_error: Option<String>,
+    /// The registry's current generation when it was last asked for it in full (on each
+    /// (re)connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_generation: Option<u64>,
+    /// Set while the registry's current generation is lower than the active snapshot's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behind: Option<String>,
 }
 
 /// A client of the registry's snapshot endpoint.
@@ -131,6 +141,7 @@ impl RegistryClient {
     /// # Errors
     /// Unreachable registry, unexpected answer or unreadable body.
     pub async fn poll(&self, after: Option<u64>, wait: Duration) -> Result<Poll, FetchError> {
+        let wait = wait.min(MAX_WAIT);
         let mut url = format!("{}/v1/routing/snapshot", self.base);
         if let Some(a) = after {
             url.push_str(&format!("?wait={}&after_generation={a}", wait.as_secs()));
@@ -188,19 +199,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Polls forever: offers each new snapshot; on failure keeps the active one and backs off.
+/// Polls forever: offers each new snapshot; on failure keeps the active one and backs off. On
+/// each (re)connection it first asks for the registry's current snapshot in full, to notice a
+/// registry whose generation is lower than the active one (it would answer 304 forever).
 pub(crate) async fn watch(shared: Arc<Shared>, client: RegistryClient) {
     let min = shared.config.registry_retry_min;
     let max = shared.config.registry_retry_max.max(min);
+    let wait = shared.config.registry_wait.min(MAX_WAIT);
     let mut backoff = min;
+    let mut checked = false;
     loop {
-        let after = shared.active().snapshot.generation;
-        match client.poll(Some(after), shared.config.registry_wait).await {
+        let after = checked.then(|| shared.active().snapshot.generation);
+        let started = tokio::time::Instant::now();
+        let poll_wait = if checked { wait } else { Duration::ZERO };
+        match client.poll(after, poll_wait).await {
             Ok(poll) => {
                 shared.registry_ok(unix_ms(SystemTime::now()));
                 backoff = min;
-                if matches!(poll, Poll::NotModified) && shared.config.registry_wait.as_secs() == 0 {
-                    // No long-poll (wait under a second): do not spin on 304s.
+                if !checked {
+                    checked = true;
+                    if let Poll::Snapshot(s) = &poll {
+                        shared.registry_generation(s.generation);
+                    }
+                }
+                if matches!(poll, Poll::NotModified)
+                    && started.elapsed() + Duration::from_secs(1) < wait.max(Duration::from_secs(1))
+                {
+                    // An early 304 (or no long-poll): do not re-poll at once.
                     tokio::time::sleep(min).await;
                 }
                 if let Poll::Snapshot(s) = poll {
@@ -208,6 +233,11 @@ pub(crate) async fn watch(shared: Arc<Shared>, client: RegistryClient) {
                     match shared.offer(*s, "registry") {
                         Ok(outcome) => {
                             tracing::info!(generation, ?outcome, "registry snapshot offered");
+                            shared.registry_generation(generation);
+                        }
+                        Err(crate::state::OfferRejected::Older { .. }) if after.is_none() => {
+                            // The registry's current snapshot, older than ours (reported above):
+                            // go on long-polling for a newer one.
                         }
                         Err(e) => {
                             // Refused (invalid or older): keep the active one, ask again later
@@ -222,6 +252,7 @@ pub(crate) async fn watch(shared: Arc<Shared>, client: RegistryClient) {
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis(), "registry poll failed; serving the active snapshot");
                 shared.registry_failed(e.to_string());
+                checked = false;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max);
             }

@@ -68,13 +68,15 @@ impl Front {
         Arc::new(Self { shared, admin })
     }
 
-    /// Answers a request for one of the router's own endpoints.
+    /// Answers a request for one of the router's own endpoints (`/admin/*` only when
+    /// [`crate::admin::authorize`] lets the `peer` in).
     async fn own_endpoint(
         &self,
         head: &RequestHead,
         body: &mut ClientBody,
         wire: &mut ClientWire,
         keep: bool,
+        peer: Option<std::net::IpAddr>,
     ) -> bool {
         let bytes = match body.read_bounded(wire, MAX_ADMIN_BODY).await {
             Ok(RequestBody::Full(b)) => b,
@@ -93,6 +95,25 @@ impl Front {
                 return refuse(wire, head.minor, e.http_status(), &e).await;
             }
         };
+        if head.path().starts_with("/admin/") {
+            let token = self.shared.config.admin_token.as_ref();
+            if let Err(refusal) = crate::admin::authorize(token, peer, head.fields.get("authorization")) {
+                tracing::warn!(path = head.path(), peer = ?peer, ?refusal, "admin request refused");
+                let mut fields: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
+                if refusal == crate::admin::AdminRefusal::Unauthorized {
+                    fields.push((b"www-authenticate", b"Bearer"));
+                }
+                return crate::proxy::write_full(
+                    wire,
+                    head.minor,
+                    keep,
+                    refusal.status(),
+                    &fields,
+                    &refusal.body(),
+                )
+                .await;
+            }
+        }
         let mut req = http::Request::builder()
             .method(head.method.clone())
             .uri(head.target());
@@ -206,6 +227,7 @@ async fn linger_close(mut wire: ClientWire) {
 async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, mut drain: watch::Receiver<bool>) {
     // Answers go out at once (no Nagle delay behind a previous small write).
     let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok().map(|a| a.ip());
     let mut wire = Wire::new(tcp);
     let mut buf = Vec::with_capacity(1024);
     let timer = tokio::time::sleep(front.shared.config.client_idle_timeout);
@@ -242,7 +264,9 @@ async fn serve_conn(front: Arc<Front>, tcp: tokio::net::TcpStream, mut drain: wa
         let expect_continue = head.minor >= 1 && head.fields.has_token("expect", "100-continue");
         let mut body = ClientBody::new(framing, expect_continue, front.shared.config.client_head_timeout);
         let go_on = if is_own_endpoint(head.path()) {
-            front.own_endpoint(&head, &mut body, &mut wire, keep_alive).await
+            front
+                .own_endpoint(&head, &mut body, &mut wire, keep_alive, peer)
+                .await
         } else {
             let mut ex = Exchange {
                 head: &head,
@@ -334,6 +358,7 @@ where
             () = &mut accept => {}
         }
     }
+    front.shared.begin_shutdown();
     drop(listener);
     let _ = drain_tx.send(true);
     let finish = async { while conns.join_next().await.is_some() {} };
@@ -489,6 +514,7 @@ where
             () = &mut accept => {}
         }
     }
+    front.shared.begin_shutdown();
     drop(listener);
     drop(senders);
     let _ = drain_tx.send(true);

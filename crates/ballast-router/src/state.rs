@@ -132,6 +132,24 @@ pub struct Shared {
     pub started: Instant,
     /// The registry source's state (when the router watches a registry).
     pub registry: Mutex<Option<crate::registry::RegistryStatus>>,
+    /// Set when shutdown starts (`/readyz` answers 503 from then on).
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// The source this router takes snapshots from, as recorded in the last-known-good file.
+    pub origin: String,
+    /// Generation of the last snapshot written as last-known-good (writes happen on blocking
+    /// threads and may finish out of order: an older one never overwrites a newer one).
+    lkg_written: Mutex<Option<u64>>,
+}
+
+/// The source a router with `config` takes snapshots from: `registry <url>`, `file <path>` or
+/// `api` (snapshots offered through [`crate::RouterHandle::offer`] only).
+#[must_use]
+pub fn origin_of(config: &RouterConfig) -> String {
+    match (&config.registry, &config.routes_file) {
+        (Some(url), _) => format!("registry {}", url.trim_end_matches('/')),
+        (None, Some(path)) => format!("file {}", path.display()),
+        (None, None) => "api".to_owned(),
+    }
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
@@ -160,7 +178,6 @@ impl Shared {
             loaded_at_unix_ms: loaded,
         });
         Arc::new(Self {
-            config,
             active: RwLock::new(active),
             offer_lock: Mutex::new(()),
             runtime,
@@ -170,7 +187,59 @@ impl Shared {
             checkers: Mutex::new(Vec::new()),
             started: Instant::now(),
             registry: Mutex::new(None),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            origin: origin_of(&config),
+            lkg_written: Mutex::new(None),
+            config,
         })
+    }
+
+    /// Writes `snapshot` as last-known-good (unless a newer one was written meanwhile); a
+    /// failure is logged and counted in `ballast_router_lkg_write_failures_total`. Blocks on
+    /// the disk: call it from a blocking thread.
+    pub(crate) fn write_lkg(&self, snapshot: &RoutingSnapshot) {
+        let Some(dir) = &self.config.state_dir else {
+            return;
+        };
+        let mut written = match self.lkg_written.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if written.is_some_and(|g| g >= snapshot.generation) {
+            return;
+        }
+        match crate::lkg::save(dir, snapshot, &self.origin) {
+            Ok(()) => *written = Some(snapshot.generation),
+            Err(e) => {
+                self.metrics.lkg_write_failures.inc();
+                tracing::error!(error = %e, dir = %dir.display(), generation = snapshot.generation, "cannot persist the last-known-good snapshot");
+            }
+        }
+    }
+
+    /// Persists `snapshot` as last-known-good on a blocking thread (at once, on this thread,
+    /// outside a Tokio runtime).
+    fn persist(self: &Arc<Self>, snapshot: Arc<RoutingSnapshot>) {
+        if self.config.state_dir.is_none() {
+            return;
+        }
+        let me = Arc::clone(self);
+        let job = move || me.write_lkg(&snapshot);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
+
+    /// Marks the router as shutting down (draining).
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn with_registry(&self, f: impl FnOnce(&mut crate::registry::RegistryStatus)) {
@@ -185,11 +254,37 @@ impl Shared {
         }));
     }
 
-    /// Records a successful registry poll.
+    /// Records a successful registry poll (the last error is cleared, unless the registry is
+    /// behind the active snapshot).
     pub(crate) fn registry_ok(&self, now_ms: u64) {
         self.with_registry(|s| {
             s.last_ok_unix_ms = Some(now_ms);
-            s.last_error = None;
+            s.last_error.clone_from(&s.behind);
+        });
+    }
+
+    /// Records what the registry's current generation is, compared with the active snapshot's:
+    /// lower is reported (warning, `/routes` `registry.last_error` and `.behind`, and the
+    /// `ballast_router_registry_behind` gauge) until the registry catches up.
+    pub(crate) fn registry_generation(&self, registry: u64) {
+        let ours = self.active().snapshot.generation;
+        let behind = (registry < ours).then(|| {
+            format!(
+                "the registry's current generation {registry} is lower than the active generation {ours} \
+                 (registry restored from an older state, or the snapshot came from another source); \
+                 keeping the active snapshot until the registry passes it"
+            )
+        });
+        if let Some(msg) = &behind {
+            tracing::warn!(registry_generation = registry, active_generation = ours, "{msg}");
+        }
+        self.metrics
+            .registry_behind
+            .store(u64::from(behind.is_some()), std::sync::atomic::Ordering::Relaxed);
+        self.with_registry(|s| {
+            s.registry_generation = Some(registry);
+            s.last_error.clone_from(&behind);
+            s.behind = behind;
         });
     }
 
@@ -215,7 +310,9 @@ impl Shared {
     }
 
     /// Offers a snapshot: it replaces the active one only when it is valid and newer. The new
-    /// one is persisted as last-known-good before it is swapped in.
+    /// one is swapped in and persisted as last-known-good on a blocking thread (so an async
+    /// worker never waits for the disk; a crash in between leaves the previous, still valid,
+    /// last-known-good).
     ///
     /// # Errors
     /// Why it was refused.
@@ -245,11 +342,6 @@ impl Shared {
             Ok(None) => Ok(OfferOutcome::Unchanged),
             Ok(Some(())) => {
                 let generation = snapshot.generation;
-                if let Some(dir) = &self.config.state_dir {
-                    if let Err(e) = crate::lkg::save(dir, &snapshot) {
-                        tracing::error!(error = %e, dir = %dir.display(), "cannot persist the last-known-good snapshot");
-                    }
-                }
                 let table = Table::compile(&snapshot, &self.config.region, &self.runtime);
                 let loaded = unix_ms(SystemTime::now());
                 let active = Arc::new(Active {
@@ -258,11 +350,20 @@ impl Shared {
                     source,
                     loaded_at_unix_ms: loaded,
                 });
+                self.persist(Arc::clone(&active.snapshot));
                 match self.active.write() {
                     Ok(mut g) => *g = Arc::clone(&active),
                     Err(p) => *p.into_inner() = Arc::clone(&active),
                 }
                 self.metrics.snapshot_active(generation, loaded);
+                let routes = active.snapshot.routes.iter().map(|r| r.name.as_str()).collect();
+                let targets = active
+                    .snapshot
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.targets.iter().map(|t| t.id.as_str()))
+                    .collect();
+                self.metrics.forget_absent(&routes, &targets);
                 tracing::info!(source, generation, digest = %active.snapshot.digest, "routing snapshot applied");
                 self.restart_checkers(&active);
                 Ok(OfferOutcome::Applied { generation })
@@ -294,17 +395,26 @@ impl Shared {
     }
 
     /// Stops the health checkers of the previous snapshot and starts those of `active`.
+    /// Outside a Tokio runtime (a snapshot offered from a plain thread) no checker can run: the
+    /// old ones stop and the new ones start with the next snapshot offered inside the runtime.
     pub(crate) fn restart_checkers(self: &Arc<Self>, active: &Arc<Active>) {
         let mut handles = Vec::new();
-        for route in &active.table.routes {
-            for target in &route.targets {
-                let task = tokio::spawn(crate::checker::run(
-                    Arc::clone(self),
-                    Arc::clone(route),
-                    Arc::clone(target),
-                ));
-                handles.push(task.abort_handle());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                for route in &active.table.routes {
+                    for target in &route.targets {
+                        let task = rt.spawn(crate::checker::run(
+                            Arc::clone(self),
+                            Arc::clone(route),
+                            Arc::clone(target),
+                        ));
+                        handles.push(task.abort_handle());
+                    }
+                }
             }
+            Err(_) => tracing::warn!(
+                "routing snapshot applied outside a Tokio runtime: health checks and half-open probes pause until a snapshot is applied inside it"
+            ),
         }
         let old = match self.checkers.lock() {
             Ok(mut g) => std::mem::replace(&mut *g, handles),

@@ -32,6 +32,11 @@ pub async fn run(args: RouterArgs, json: bool) -> anyhow::Result<()> {
     config.stream_idle_timeout = std::time::Duration::from_secs(args.stream_idle_timeout_secs.max(1));
     config.client_idle_timeout = std::time::Duration::from_secs(args.client_idle_timeout_secs.max(1));
     config.client_head_timeout = std::time::Duration::from_secs(args.client_head_timeout_secs.max(1));
+    config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    if let Some(path) = &args.admin_token_file {
+        let token = ballast_router::AdminToken::from_file(path).map_err(anyhow::Error::msg)?;
+        config.admin_token = Some(token);
+    }
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;

@@ -12,6 +12,7 @@ mod multinode;
 mod pgtls;
 mod regions;
 mod retention;
+mod router_process;
 // The S3-compatible test server of the blob store's suite.
 #[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../../ballast-blob/tests/it/s3s.rs"]

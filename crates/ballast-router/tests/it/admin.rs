@@ -264,3 +264,135 @@ async fn metrics_cover_requests_latency_attempts_fallbacks_ejections_failovers_a
         2.0
     );
 }
+
+/// `GET` or `POST` to `path` with an optional bearer token: (status, JSON body).
+async fn admin_call(
+    router: &TestRouter,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value, Option<String>) {
+    let mut req = client().request(method, router.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, r.json().await.unwrap(), challenge)
+}
+
+#[tokio::test]
+async fn with_an_admin_token_admin_endpoints_need_it_and_the_rest_stay_open() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let toml = format!(
+        "generation = 1\n[regions.r0]\nfailover = [\"r1\"]\n[[routes]]\nname = \"bot\"\nfailover = {{ min_healthy_percent = 0 }}\n{}{}",
+        target("a", &a.url(), "r0", "m/bot/1"),
+        target("b", &b.url(), "r1", "m/bot/1"),
+    );
+    let token = "adm-7f3a9c";
+    let router = TestRouter::start_with("r0", &toml, |c| {
+        c.admin_token = Some(ballast_router::AdminToken::new(token).unwrap());
+    })
+    .await;
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::GET, "/admin/targets"),
+        (Method::POST, "/admin/targets/a/drain"),
+        (Method::POST, "/admin/targets/a/undrain"),
+        (Method::POST, "/admin/targets/nope/drain"),
+    ] {
+        for wrong in [None, Some("adm-7f3a9d"), Some("adm-7f3a9c0"), Some("")] {
+            let (status, body, challenge) = admin_call(&router, method.clone(), path, wrong).await;
+            assert_eq!(status, 401, "{method} {path} {wrong:?}: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+            assert_eq!(challenge.as_deref(), Some("Bearer"));
+        }
+    }
+    // The refused drain changed nothing.
+    let (status, body, _) = admin_call(&router, Method::GET, "/admin/targets", Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["targets"][0]["id"], "a");
+    assert_eq!(body["targets"][0]["drained"], false, "{body}");
+    assert_eq!(router.chat("bot").await.upstream(), "a");
+
+    let (status, body, _) = admin_call(&router, Method::POST, "/admin/targets/a/drain", Some(token)).await;
+    assert_eq!((status, &body["drained"]), (200, &true.into()), "{body}");
+    let r = router.chat("bot").await;
+    assert_eq!((r.status, r.upstream().as_str()), (200, "b"));
+
+    // Liveness, readiness, metrics and the route summary need no token.
+    for path in ["/healthz", "/readyz", "/metrics", "/routes"] {
+        let r = client().get(router.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn without_an_admin_token_loopback_clients_reach_admin_endpoints() {
+    let a = Upstream::start("a").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}",
+        target("a", &a.url(), "eu", "m/bot/1")
+    );
+    let router = TestRouter::start("eu", &toml).await;
+    // Tests connect over loopback only; the refusal of other peers is unit-tested
+    // (`admin::tests`). A bearer token is not needed, and an unexpected one is ignored.
+    let (status, body, _) = admin_call(&router, reqwest::Method::GET, "/admin/targets", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = admin_call(&router, reqwest::Method::GET, "/admin/targets", Some("x")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn readyz_is_unavailable_without_routes() {
+    let router = TestRouter::start("eu", "generation = 2\n").await;
+    let r = client().get(router.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&body["ready"], &body["reason"], &body["generation"]),
+        (&false.into(), &"no_routes".into(), &2.into()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_unavailable_while_the_router_shuts_down() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let a = Upstream::start("a").await;
+    let toml = format!(
+        "generation = 1\n[[routes]]\nname = \"bot\"\n{}",
+        target("a", &a.url(), "eu", "m/bot/1")
+    );
+    let mut router = TestRouter::start("eu", &toml).await;
+    let r = client().get(router.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A load balancer's probe that is under way when shutdown starts: its head is half sent.
+    let mut probe = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    probe
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: r\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    probe.write_all(b"\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), probe.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        (&body["ready"], &body["reason"]),
+        (&false.into(), &"shutting_down".into()),
+        "{body}"
+    );
+}

@@ -207,3 +207,74 @@ async fn a_target_failing_half_its_requests_is_ejected_by_its_failure_rate() {
     let r = router.chat("bot").await;
     assert_eq!((r.upstream().as_str(), r.attempts()), ("a", 1));
 }
+
+#[tokio::test]
+async fn panic_mode_with_some_healthy_targets_tries_the_ejected_ones_again() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+        Upstream::start("d").await,
+    ];
+    let targets: String = ups
+        .iter()
+        .zip(["a", "b", "c", "d"])
+        .map(|(u, id)| target(id, &u.url(), "r0", "m/bot/1"))
+        .collect();
+    let toml = format!(
+        "generation = 1\n{REGIONS}[[routes]]\nname = \"bot\"\nfailover = {{ min_healthy_percent = 0 }}\nhealth = {{ panic_threshold_percent = 50, active = {{ interval_ms = 20, unhealthy_threshold = 1, healthy_threshold = 1 }} }}\n{targets}",
+    );
+    let router = TestRouter::start("r0", &toml).await;
+    // Two of four look down (50 %, not below the threshold): only the healthy two serve.
+    ups[2].set_health(500);
+    ups[3].set_health(500);
+    eventually(Duration::from_secs(3), "c and d marked down", || {
+        down_exactly(&router, &["c", "d"])
+    })
+    .await;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = router.chat("bot").await;
+        assert_eq!(r.status, 200);
+        served.insert(r.upstream());
+    }
+    assert_eq!(served, ["a", "b"].into_iter().map(str::to_owned).collect());
+    let before = metric(
+        &router.metrics().await,
+        "ballast_router_panic_routing_total{route=\"bot\"}",
+    );
+    assert_eq!(before, 0.0);
+
+    // Three of four look down (25 % < 50 %): panic mode — the down ones (which do serve) get
+    // requests again rather than the one healthy target taking everything.
+    ups[1].set_health(500);
+    eventually(Duration::from_secs(3), "b, c and d marked down", || {
+        down_exactly(&router, &["b", "c", "d"])
+    })
+    .await;
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..40 {
+        let r = router.chat("bot").await;
+        assert_eq!(r.status, 200);
+        *served.entry(r.upstream()).or_default() += 1;
+    }
+    assert!(
+        served.keys().filter(|k| *k != "a").count() >= 2,
+        "panic mode should spread over the down targets too: {served:?}"
+    );
+    let m = router.metrics().await;
+    assert!(
+        metric(&m, "ballast_router_panic_routing_total{route=\"bot\"}") >= 40.0,
+        "{m}"
+    );
+}
+
+/// Whether exactly the targets `ids` are marked down by active checks.
+async fn down_exactly(router: &TestRouter, ids: &[&str]) -> bool {
+    let t = router.targets().await;
+    t["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| (t["active_down"] == true) == ids.contains(&t["id"].as_str().unwrap()))
+}

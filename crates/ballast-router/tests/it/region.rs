@@ -175,3 +175,85 @@ async fn region_drill_fails_over_without_errors_and_fails_back_after_the_hold_do
         "{m}"
     );
 }
+
+/// The local region r0 has four targets, r1 one; r0 fails over below 50 % healthy.
+#[tokio::test]
+async fn a_partly_degraded_local_region_spills_only_below_its_healthy_share() {
+    let locals = [
+        Upstream::start("l0").await,
+        Upstream::start("l1").await,
+        Upstream::start("l2").await,
+        Upstream::start("l3").await,
+    ];
+    let remote = Upstream::start("r1-a").await;
+    let mut targets: String = locals
+        .iter()
+        .enumerate()
+        .map(|(i, u)| target(&format!("l{i}"), &u.url(), "r0", "m/bot/1"))
+        .collect();
+    targets.push_str(&target("r1-a", &remote.url(), "r1", "m/bot/1"));
+    let toml = format!(
+        "generation = 1\n[regions.r0]\nfailover = [\"r1\"]\n[[routes]]\nname = \"bot\"\n\
+         failover = {{ min_healthy_percent = 50, hold_down_ms = 60000 }}\n\
+         health = {{ panic_threshold_percent = 0, active = {{ interval_ms = 20, unhealthy_threshold = 1, healthy_threshold = 1 }} }}\n{targets}"
+    );
+    let router = TestRouter::start("r0", &toml).await;
+    // Two of four local targets down: 50 %, not below the threshold — no spill.
+    locals[0].set_health(500);
+    locals[1].set_health(500);
+    crate::support::eventually(Duration::from_secs(3), "two local targets down", || async {
+        down_count(&router).await == 2
+    })
+    .await;
+    for _ in 0..30 {
+        let r = router.chat("bot").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ballast-region"), "r0", "{}", r.body);
+        assert!(["l2", "l3"].contains(&r.upstream().as_str()), "{}", r.upstream());
+    }
+    assert_eq!(remote.hits(), 0);
+    let m = router.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ballast_router_region_failovers_total{route=\"bot\",direction=\"out\"}"
+        ),
+        0.0
+    );
+
+    // Three of four down: 25 % < 50 % — traffic spills to r1 though one local target is up.
+    locals[2].set_health(500);
+    crate::support::eventually(Duration::from_secs(3), "three local targets down", || async {
+        down_count(&router).await == 3
+    })
+    .await;
+    for _ in 0..10 {
+        let r = router.chat("bot").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            (r.header("x-ballast-region").as_str(), r.upstream().as_str()),
+            ("r1", "r1-a"),
+            "{}",
+            r.body
+        );
+    }
+    let m = router.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ballast_router_region_failovers_total{route=\"bot\",direction=\"out\"}"
+        ),
+        1.0
+    );
+}
+
+/// How many targets active checks mark down.
+async fn down_count(router: &TestRouter) -> usize {
+    let t = router.targets().await;
+    t["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["active_down"] == true)
+        .count()
+}

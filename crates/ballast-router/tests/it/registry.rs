@@ -12,12 +12,13 @@ use serde_json::{json, Value};
 
 use crate::support::{client, eventually, Upstream};
 
-/// A registry server on loopback, restartable on the same address and data directory.
+/// A registry server on loopback, restartable on the same address and data directory. It runs
+/// on a runtime of its own, so it can be killed abruptly: the runtime is dropped with every
+/// task on it (listener, open connections and long-polls under way, background work).
 struct Registry {
     addr: SocketAddr,
     dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Registry {
@@ -26,53 +27,62 @@ impl Registry {
         let mut r = Self {
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
-            stop: None,
-            task: None,
+            runtime: None,
         };
         r.run().await;
         r
     }
 
     async fn run(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let server = loop {
-            let config = ballast_server::Config {
-                listen: self.addr,
-                data_dir: self.dir.path().to_owned(),
-                shutdown_grace_secs: 1,
-                ..ballast_server::Config::default()
-            };
-            match ballast_server::Server::bind(config).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "registry cannot bind {}: {e}",
-                        self.addr
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let (addr, data_dir) = (self.addr, self.dir.path().to_owned());
+        runtime.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let server = loop {
+                let config = ballast_server::Config {
+                    listen: addr,
+                    data_dir: data_dir.clone(),
+                    shutdown_grace_secs: 1,
+                    ..ballast_server::Config::default()
+                };
+                match ballast_server::Server::bind(config).await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "registry cannot bind {addr}: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
-            }
-        };
-        self.addr = server.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.stop = Some(tx);
-        self.task = Some(tokio::spawn(server.serve(async move {
-            let _ = rx.await;
-        })));
+            };
+            let _ = bound_tx.send(server.local_addr().unwrap());
+            // Serves until its runtime is dropped.
+            let _ = server.serve(std::future::pending()).await;
+        });
+        self.addr = tokio::time::timeout(Duration::from_secs(20), bound_rx)
+            .await
+            .expect("registry did not start")
+            .expect("registry failed to start");
+        self.runtime = Some(runtime);
     }
 
-    /// Graceful stop (long-polls end, the store closes); waits for it.
+    /// Abrupt stop: the listener closes and every connection (long-polls under way included)
+    /// is cut with no answer, as when the process dies.
     async fn kill(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), t)
-                .await
-                .expect("registry did not stop")
-                .unwrap()
-                .unwrap();
+        // The address is free again once the listener is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry still accepts connections"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -141,8 +151,8 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -234,6 +244,7 @@ impl Drop for RegistryRouter {
 async fn registry_feeds_router_through_promotion_outage_and_restart() {
     let up1 = Upstream::start("v1-a").await;
     let up2 = Upstream::start("v2-a").await;
+    let up3 = Upstream::start("v3-a").await;
     let mut registry = Registry::start().await;
     registry.post("/v1/models", json!({ "name": "acme/bot" })).await;
     let v1 = registry.sealed_version("one").await;
@@ -291,7 +302,11 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
     assert_eq!(r.header("x-ballast-model-version"), format!("acme/bot/{v2}"));
     let generation = snap.generation;
 
-    // The registry dies: the router keeps serving the active snapshot and says so.
+    // The registry dies mid-poll: the router keeps serving the active snapshot and says so.
+    eventually(Duration::from_secs(5), "a long-poll is under way", || async {
+        router.routes().await["registry"]["last_ok_unix_ms"].is_u64()
+    })
+    .await;
     registry.kill().await;
     for _ in 0..5 {
         let r = router.chat().await;
@@ -327,6 +342,26 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
     .await;
     assert_eq!(router.routes().await["source"], "registry");
     assert!(router.handle.snapshot().generation > generation);
+
+    // A new version promoted to production after the registry returned reaches the router.
+    let v3 = registry.sealed_version("three").await;
+    registry
+        .post(
+            "/v1/deployments",
+            json!({ "model": "acme/bot", "version": v3, "region": "eu-west", "url": up3.url() }),
+        )
+        .await;
+    let before = router.handle.snapshot().generation;
+    registry.promote(v3).await;
+    eventually(
+        Duration::from_secs(15),
+        "the promotion reaches the router",
+        || async { router.chat().await.upstream() == "v3-a" },
+    )
+    .await;
+    let r = router.chat().await;
+    assert_eq!(r.header("x-ballast-model-version"), format!("acme/bot/{v3}"));
+    assert!(router.handle.snapshot().generation > before);
     router.stop().await;
     registry.kill().await;
 }
@@ -435,4 +470,196 @@ async fn a_registry_routes_region_order_and_health_settings_reach_the_router() {
     })
     .await;
     router.stop().await;
+}
+
+/// A registry serving route `bot` → `acme/bot:production` (one version, deployed on `up`).
+async fn registry_with_bot(up: &Upstream) -> Registry {
+    let registry = Registry::start().await;
+    registry.post("/v1/models", json!({ "name": "acme/bot" })).await;
+    let v1 = registry.sealed_version("one").await;
+    registry
+        .post(
+            "/v1/deployments",
+            json!({ "model": "acme/bot", "version": v1, "region": "eu-west", "url": up.url() }),
+        )
+        .await;
+    registry.promote(v1).await;
+    registry
+        .call(
+            reqwest::Method::PUT,
+            "/v1/routes/bot",
+            Some(json!({ "target": "acme/bot:production" })),
+        )
+        .await;
+    registry
+}
+
+/// A last-known-good snapshot of generation 100 (far ahead of the test registry) routing `bot`
+/// to `up`, recorded as written by `origin`.
+fn stale_lkg(state_dir: &std::path::Path, up: &Upstream, origin: &str) {
+    let toml = format!(
+        "generation = 100\n[[routes]]\nname = \"bot\"\n{}",
+        crate::support::target("stale", &up.url(), "eu-west", "acme/bot/0")
+    );
+    let snap = ballast_router::config::parse_routes(std::path::Path::new("r.toml"), &toml, false).unwrap();
+    ballast_router::lkg::save(state_dir, &snap, origin).unwrap();
+}
+
+#[tokio::test]
+async fn a_last_known_good_from_another_source_gives_way_to_the_registry() {
+    let up = Upstream::start("v1-a").await;
+    let old = Upstream::start("stale").await;
+    let registry = registry_with_bot(&up).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    // The state directory was used by a `--config` router before.
+    stale_lkg(&state_dir, &old, "file /etc/ballast/routes.toml");
+    let router = RegistryRouter::start_with_token(&registry.base(), state_dir.clone(), registry.token())
+        .await
+        .unwrap();
+    let routes = router.routes().await;
+    assert_eq!(routes["source"], "registry", "{routes}");
+    assert!(routes["generation"].as_u64().unwrap() < 100, "{routes}");
+    let r = router.chat().await;
+    assert_eq!((r.status, r.upstream().as_str()), (200, "v1-a"), "{}", r.body);
+    // The registry's snapshot is now the last-known-good, recorded as this registry's.
+    let (snap, origin) = ballast_router::lkg::load_with_origin(&state_dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.generation, routes["generation"].as_u64().unwrap());
+    assert_eq!(origin.unwrap(), format!("registry {}", registry.base()));
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_registry_behind_the_last_known_good_is_reported() {
+    let up = Upstream::start("v1-a").await;
+    let old = Upstream::start("stale").await;
+    let registry = registry_with_bot(&up).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    // Written by this registry's router before the registry's database was restored from an
+    // older backup: the registry's generation is now far lower.
+    stale_lkg(&state_dir, &old, &format!("registry {}", registry.base()));
+    let router = RegistryRouter::start_with_token(&registry.base(), state_dir.clone(), registry.token())
+        .await
+        .unwrap();
+    assert_eq!(router.routes().await["source"], "last_known_good");
+    eventually(
+        Duration::from_secs(10),
+        "the stale registry is reported",
+        || async {
+            let r = router.routes().await;
+            r["registry"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lower than the active generation 100"))
+                && r["registry"]["behind"].is_string()
+                && r["registry"]["registry_generation"]
+                    .as_u64()
+                    .is_some_and(|g| g < 100)
+        },
+    )
+    .await;
+    let m = client()
+        .get(format!("http://{}/metrics", router.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::support::metric(&m, "ballast_router_registry_behind "),
+        1.0,
+        "{m}"
+    );
+    // It keeps serving the active snapshot (a lower generation never replaces it), and the
+    // report stays while the registry answers (a successful poll does not clear it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = router.routes().await;
+    assert_eq!(r["generation"], 100);
+    assert!(r["registry"]["last_error"].is_string(), "{r}");
+    assert_eq!(router.chat().await.upstream(), "stale");
+    router.stop().await;
+}
+
+/// A stand-in registry that answers the first (full) request with `snapshot` and every
+/// long-poll at once with 304, recording each request's target.
+async fn eager_304_registry(snapshot: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (log, snapshot) = (std::sync::Arc::clone(&log), snapshot.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                        let answer = if target.contains("after_generation") {
+                            "HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n".to_owned()
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{snapshot}",
+                                snapshot.len()
+                            )
+                        };
+                        log.lock().unwrap().push(target);
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn long_polls_are_capped_and_an_early_304_is_not_re_polled_at_once() {
+    let up = Upstream::start("a").await;
+    let toml = format!(
+        "generation = 3\n[[routes]]\nname = \"bot\"\n{}",
+        crate::support::target("a", &up.url(), "eu-west", "acme/bot/1")
+    );
+    let snap = ballast_router::config::parse_routes(std::path::Path::new("r.toml"), &toml, false).unwrap();
+    let (base, seen) = eager_304_registry(serde_json::to_string(&snap).unwrap()).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut config = RouterConfig::new("eu-west");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.registry = Some(base);
+    config.state_dir = Some(state.path().join("s"));
+    // Longer than the registry grants.
+    config.registry_wait = Duration::from_secs(3600);
+    config.registry_retry_min = Duration::from_millis(250);
+    let router = Router::bind(config).await.unwrap();
+    let handle = router.handle();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(router.serve(async move {
+        let _ = rx.await;
+    }));
+    assert_eq!(handle.snapshot().generation, 3);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let seen = seen.lock().unwrap().clone();
+    let polls: Vec<&String> = seen.iter().filter(|t| t.contains("after_generation")).collect();
+    assert!(!polls.is_empty(), "{seen:?}");
+    for p in &polls {
+        assert!(p.contains("wait=300&"), "not capped at 300 s: {p}");
+    }
+    // The registry answers each long-poll at once: the router waits between them rather than
+    // asking again immediately (about 1.2 s / 250 ms, not hundreds).
+    assert!(polls.len() <= 7, "{} polls in 1.2 s: {seen:?}", polls.len());
 }
