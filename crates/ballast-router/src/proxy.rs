@@ -290,7 +290,8 @@ fn put_upstream_target(out: &mut Vec<u8>, target: &TargetRt, route: &RouteRt, he
     }
 }
 
-/// The body for a candidate: openai bodies get the model the target knows.
+/// The body for a candidate: openai bodies get the model the target knows. Only the value of
+/// the top-level `model` member changes; every other byte goes on as the client sent it.
 fn body_for<'b>(
     cand: &Candidate,
     requested_model: Option<&str>,
@@ -307,15 +308,71 @@ fn body_for<'b>(
             .as_deref()
             .unwrap_or(cand.route.spec.name.as_str());
         if wanted != requested {
-            if let Ok(mut map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
-                map.insert("model".to_owned(), serde_json::Value::String(wanted.to_owned()));
-                if let Ok(v) = serde_json::to_vec(&map) {
-                    return std::borrow::Cow::Owned(v);
-                }
+            if let Some(span) = model_value_span(bytes) {
+                let value = serde_json::Value::String(wanted.to_owned()).to_string();
+                let mut out = Vec::with_capacity(bytes.len() - span.len() + value.len());
+                out.extend_from_slice(&bytes[..span.start]);
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(&bytes[span.end..]);
+                return std::borrow::Cow::Owned(out);
             }
         }
     }
     std::borrow::Cow::Borrowed(bytes.as_ref())
+}
+
+/// Where the value of a JSON object's top-level `model` member lies in `body` (the last one,
+/// should there be several; `None` when `body` is not an object or has no `model`).
+fn model_value_span(body: &[u8]) -> Option<std::ops::Range<usize>> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+
+    /// A member name, read without allocating: whether it is `model`.
+    struct IsModel(bool);
+    impl<'de> serde::Deserialize<'de> for IsModel {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Name;
+            impl Visitor<'_> for Name {
+                type Value = IsModel;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsModel, E> {
+                    Ok(IsModel(v == "model"))
+                }
+            }
+            d.deserialize_str(Name)
+        }
+    }
+
+    struct Members<'de>(&'de [u8]);
+    impl<'de> Visitor<'de> for Members<'de> {
+        type Value = Option<std::ops::Range<usize>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut span = None;
+            while let Some(IsModel(is_model)) = map.next_key()? {
+                let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                if is_model {
+                    // The raw value is a slice of the body: its place is its address's offset.
+                    let text = raw.get();
+                    span = text
+                        .as_ptr()
+                        .addr()
+                        .checked_sub(self.0.as_ptr().addr())
+                        .map(|start| start..start + text.len());
+                }
+            }
+            Ok(span)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(Members(body))
+        .ok()
+        .flatten()
+        .filter(|span| span.end <= body.len())
 }
 
 /// Encodes the request for one attempt: head, and the whole body (or the buffered start of a
@@ -1052,6 +1109,43 @@ mod tests {
             Admit::Stop(e) if e.kind == ErrorKind::RetryBudget
         ));
         assert!(a.try_begin_probe(now), "the probe slot was released");
+    }
+
+    #[test]
+    fn only_the_model_value_is_rewritten() {
+        let body = br#"{ "z": 1, "model" : "small-bot", "n": 123456789012345678901234567890, "x": 0.10000000000000000555, "m\u006fdel2": "keep" }"#;
+        let span = model_value_span(body).unwrap();
+        assert_eq!(&body[span], br#""small-bot""#);
+        // An escaped member name is still found, nested `model`s are not.
+        let escaped = br#"{"inner": {"model": "no"}, "m\u006fdel": "yes"}"#;
+        assert_eq!(&escaped[model_value_span(escaped).unwrap()], br#""yes""#);
+        assert_eq!(model_value_span(br#"{"inner": {"model": "no"}}"#), None);
+        assert_eq!(model_value_span(b"[1, 2]"), None);
+        assert_eq!(model_value_span(b"{\"model\": "), None);
+
+        let route = one_route(&["a"]);
+        let cand = Candidate {
+            target: Arc::clone(&route.targets[0]),
+            route: Arc::clone(&route),
+            probe: false,
+        };
+        let full = RequestBody::Full(bytes::Bytes::from_static(body));
+        let out = body_for(&cand, Some("small-bot"), &full);
+        let expected = br#"{ "z": 1, "model" : "bot", "n": 123456789012345678901234567890, "x": 0.10000000000000000555, "m\u006fdel2": "keep" }"#;
+        // The route is `bot`: a request naming another model gets `bot`, byte for byte the rest.
+        assert_eq!(out.as_ref(), expected.as_slice());
+        let renamed = RequestBody::Full(bytes::Bytes::from_static(
+            br#"{"model":"fallback\"q","stream":true}"#,
+        ));
+        assert_eq!(
+            body_for(&cand, Some("fallback\"q"), &renamed).as_ref(),
+            br#"{"model":"bot","stream":true}"#
+        );
+        // Nothing to change: the body is passed on as it is.
+        assert!(matches!(
+            body_for(&cand, Some("bot"), &full),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
