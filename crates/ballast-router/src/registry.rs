@@ -222,10 +222,11 @@ pub(crate) async fn watch(shared: Arc<Shared>, client: RegistryClient) {
                         shared.registry_generation(s.generation);
                     }
                 }
-                if matches!(poll, Poll::NotModified)
-                    && started.elapsed() + Duration::from_secs(1) < wait.max(Duration::from_secs(1))
-                {
-                    // An early 304 (or no long-poll): do not re-poll at once.
+                // A long-poll answered well before its wait is up, or no long-poll at all (a wait
+                // under a second).
+                let early =
+                    wait < Duration::from_secs(1) || started.elapsed() + Duration::from_secs(1) < wait;
+                if matches!(poll, Poll::NotModified) && early {
                     tokio::time::sleep(min).await;
                 }
                 if let Poll::Snapshot(s) = poll {

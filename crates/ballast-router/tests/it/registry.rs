@@ -147,6 +147,21 @@ impl Registry {
             .await;
         }
     }
+
+    /// Records that version `n` of `acme/bot` is served by `up` in `region`.
+    async fn deploy(&self, n: u64, region: &str, up: &Upstream) {
+        self.post(
+            "/v1/deployments",
+            json!({ "model": "acme/bot", "version": n, "region": region, "url": up.url() }),
+        )
+        .await;
+    }
+
+    /// Sets route `bot` (a `target` and its settings).
+    async fn route_bot(&self, route: Value) {
+        self.call(reqwest::Method::PUT, "/v1/routes/bot", Some(route))
+            .await;
+    }
 }
 
 impl Drop for Registry {
@@ -250,20 +265,11 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
     let v1 = registry.sealed_version("one").await;
     let v2 = registry.sealed_version("two").await;
     for (v, up) in [(v1, &up1), (v2, &up2)] {
-        registry
-            .post(
-                "/v1/deployments",
-                json!({ "model": "acme/bot", "version": v, "region": "eu-west", "url": up.url() }),
-            )
-            .await;
+        registry.deploy(v, "eu-west", up).await;
     }
     registry.promote(v1).await;
     registry
-        .call(
-            reqwest::Method::PUT,
-            "/v1/routes/bot",
-            Some(json!({ "target": "acme/bot:production" })),
-        )
+        .route_bot(json!({ "target": "acme/bot:production" }))
         .await;
 
     let state = tempfile::tempdir().unwrap();
@@ -345,12 +351,7 @@ async fn registry_feeds_router_through_promotion_outage_and_restart() {
 
     // A new version promoted to production after the registry returned reaches the router.
     let v3 = registry.sealed_version("three").await;
-    registry
-        .post(
-            "/v1/deployments",
-            json!({ "model": "acme/bot", "version": v3, "region": "eu-west", "url": up3.url() }),
-        )
-        .await;
+    registry.deploy(v3, "eu-west", &up3).await;
     let before = router.handle.snapshot().generation;
     registry.promote(v3).await;
     eventually(
@@ -404,25 +405,16 @@ async fn a_registry_routes_region_order_and_health_settings_reach_the_router() {
     registry.post("/v1/models", json!({ "name": "acme/bot" })).await;
     let v1 = registry.sealed_version("one").await;
     for (region, up) in [("ap-south", &far), ("us-east", &near), ("eu-west", &local)] {
-        registry
-            .post(
-                "/v1/deployments",
-                json!({ "model": "acme/bot", "version": v1, "region": region, "url": up.url() }),
-            )
-            .await;
+        registry.deploy(v1, region, up).await;
     }
     registry.promote(v1).await;
     registry
-        .call(
-            reqwest::Method::PUT,
-            "/v1/routes/bot",
-            Some(json!({
-                "target": "acme/bot:production",
-                "regions": { "order": ["us-east", "ap-south"] },
-                "timeouts": { "stream_idle_ms": 2500 },
-                "health": { "consecutive_failures": 1, "failure_rate": { "failure_percent": 40 } },
-            })),
-        )
+        .route_bot(json!({
+            "target": "acme/bot:production",
+            "regions": { "order": ["us-east", "ap-south"] },
+            "timeouts": { "stream_idle_ms": 2500 },
+            "health": { "consecutive_failures": 1, "failure_rate": { "failure_percent": 40 } },
+        }))
         .await;
     let state = tempfile::tempdir().unwrap();
     let router = RegistryRouter::start_with_token(&registry.base(), state.path().join("s"), registry.token())
@@ -456,14 +448,10 @@ async fn a_registry_routes_region_order_and_health_settings_reach_the_router() {
     // `listed`: the route's first region leads for every router, even in eu-west.
     local.set(crate::support::Mode::Ok);
     registry
-        .call(
-            reqwest::Method::PUT,
-            "/v1/routes/bot",
-            Some(json!({
-                "target": "acme/bot:production",
-                "regions": { "order": ["ap-south", "us-east"], "local": "listed" },
-            })),
-        )
+        .route_bot(json!({
+            "target": "acme/bot:production",
+            "regions": { "order": ["ap-south", "us-east"], "local": "listed" },
+        }))
         .await;
     eventually(Duration::from_secs(10), "ap-south leads", || async {
         router.chat().await.upstream() == "ap-a"
@@ -477,19 +465,10 @@ async fn registry_with_bot(up: &Upstream) -> Registry {
     let registry = Registry::start().await;
     registry.post("/v1/models", json!({ "name": "acme/bot" })).await;
     let v1 = registry.sealed_version("one").await;
-    registry
-        .post(
-            "/v1/deployments",
-            json!({ "model": "acme/bot", "version": v1, "region": "eu-west", "url": up.url() }),
-        )
-        .await;
+    registry.deploy(v1, "eu-west", up).await;
     registry.promote(v1).await;
     registry
-        .call(
-            reqwest::Method::PUT,
-            "/v1/routes/bot",
-            Some(json!({ "target": "acme/bot:production" })),
-        )
+        .route_bot(json!({ "target": "acme/bot:production" }))
         .await;
     registry
 }
@@ -634,32 +613,41 @@ async fn long_polls_are_capped_and_an_early_304_is_not_re_polled_at_once() {
         crate::support::target("a", &up.url(), "eu-west", "acme/bot/1")
     );
     let snap = ballast_router::config::parse_routes(std::path::Path::new("r.toml"), &toml, false).unwrap();
-    let (base, seen) = eager_304_registry(serde_json::to_string(&snap).unwrap()).await;
-    let state = tempfile::tempdir().unwrap();
-    let mut config = RouterConfig::new("eu-west");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.registry = Some(base);
-    config.state_dir = Some(state.path().join("s"));
-    // Longer than the registry grants.
-    config.registry_wait = Duration::from_secs(3600);
-    config.registry_retry_min = Duration::from_millis(250);
-    let router = Router::bind(config).await.unwrap();
-    let handle = router.handle();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(router.serve(async move {
-        let _ = rx.await;
-    }));
-    assert_eq!(handle.snapshot().generation, 3);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let _ = tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    let seen = seen.lock().unwrap().clone();
-    let polls: Vec<&String> = seen.iter().filter(|t| t.contains("after_generation")).collect();
-    assert!(!polls.is_empty(), "{seen:?}");
-    for p in &polls {
-        assert!(p.contains("wait=300&"), "not capped at 300 s: {p}");
+    // Longer than the registry grants (capped at 300 s), and no long-poll at all.
+    for (wait, sent) in [
+        (Duration::from_secs(3600), "wait=300&"),
+        (Duration::ZERO, "wait=0&"),
+    ] {
+        let (base, seen) = eager_304_registry(serde_json::to_string(&snap).unwrap()).await;
+        let state = tempfile::tempdir().unwrap();
+        let mut config = RouterConfig::new("eu-west");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.registry = Some(base);
+        config.state_dir = Some(state.path().join("s"));
+        config.registry_wait = wait;
+        config.registry_retry_min = Duration::from_millis(250);
+        let router = Router::bind(config).await.unwrap();
+        let handle = router.handle();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(router.serve(async move {
+            let _ = rx.await;
+        }));
+        assert_eq!(handle.snapshot().generation, 3);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let _ = tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let seen = seen.lock().unwrap().clone();
+        let polls: Vec<&String> = seen.iter().filter(|t| t.contains("after_generation")).collect();
+        assert!(!polls.is_empty(), "{seen:?}");
+        for p in &polls {
+            assert!(p.contains(sent), "asked with {p}, not {sent}");
+        }
+        // The registry answers each poll at once: the router waits between them rather than
+        // asking again immediately (about 1.2 s / 250 ms, not hundreds).
+        assert!(
+            polls.len() <= 7,
+            "{} polls in 1.2 s with wait {wait:?}: {seen:?}",
+            polls.len()
+        );
     }
-    // The registry answers each long-poll at once: the router waits between them rather than
-    // asking again immediately (about 1.2 s / 250 ms, not hundreds).
-    assert!(polls.len() <= 7, "{} polls in 1.2 s: {seen:?}", polls.len());
 }

@@ -178,6 +178,11 @@ fn prefix_routes(up: &Scripted, replay: usize) -> String {
 async fn exchange_until_close(router: &TestRouter, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(router.addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s).await
+}
+
+/// Everything the router sends until it closes the connection (within 10 s).
+async fn read_until_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
         .await
@@ -770,12 +775,7 @@ async fn a_slow_upload_is_not_the_targets_fault_but_a_silent_target_still_times_
         s.write_all(b"abcdefgh").await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&out);
+    let answer = read_until_close(&mut s).await;
     assert!(started.elapsed() >= Duration::from_millis(1000));
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.ends_with("\r\n\r\n64"), "{answer}");
@@ -810,12 +810,7 @@ async fn a_request_body_that_breaks_lists_the_attempt_it_counts() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The client stops sending 60 bytes short, and waits for the answer.
     s.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&out);
+    let answer = read_until_close(&mut s).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     let attempts: usize = answer
         .lines()
