@@ -123,6 +123,11 @@ impl<T> Family<T> {
     }
 }
 
+/// Writes one unlabelled metric: its help, its type and its value.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
 /// A metric value of a family looked up once and kept (by a route or target) so the request
 /// path does not search the family's map.
 #[derive(Debug)]
@@ -352,45 +357,37 @@ impl Metrics {
         self.panic_routing.render(&mut out);
         self.snapshot_loads.render(&mut out);
         self.stream_errors.render(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP ballast_router_lkg_write_failures_total Last-known-good snapshots that could not be written to the state directory."
+        scalar(
+            &mut out,
+            "ballast_router_lkg_write_failures_total",
+            "counter",
+            "Last-known-good snapshots that could not be written to the state directory.",
+            self.lkg_write_failures.get(),
         );
-        let _ = writeln!(out, "# TYPE ballast_router_lkg_write_failures_total counter");
-        let _ = writeln!(
-            out,
-            "ballast_router_lkg_write_failures_total {}",
-            self.lkg_write_failures.get()
+        scalar(
+            &mut out,
+            "ballast_router_registry_behind",
+            "gauge",
+            "1 while the registry's current generation is lower than the active snapshot's.",
+            self.registry_behind.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP ballast_router_registry_behind 1 while the registry's current generation is lower than the active snapshot's."
-        );
-        let _ = writeln!(out, "# TYPE ballast_router_registry_behind gauge");
-        let _ = writeln!(
-            out,
-            "ballast_router_registry_behind {}",
-            self.registry_behind.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ballast_router_snapshot_generation Generation of the active routing snapshot."
-        );
-        let _ = writeln!(out, "# TYPE ballast_router_snapshot_generation gauge");
-        let _ = writeln!(
-            out,
-            "ballast_router_snapshot_generation {}",
-            self.generation.load(Ordering::Relaxed)
+        scalar(
+            &mut out,
+            "ballast_router_snapshot_generation",
+            "gauge",
+            "Generation of the active routing snapshot.",
+            self.generation.load(Ordering::Relaxed),
         );
         let loaded = self.loaded_at_unix_ms.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)]
         let age = now_unix_ms.saturating_sub(loaded) as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "# HELP ballast_router_snapshot_age_seconds Time since the active routing snapshot became active in this process (snapshots carry no creation time)."
+        scalar(
+            &mut out,
+            "ballast_router_snapshot_age_seconds",
+            "gauge",
+            "Time since the active routing snapshot became active in this process (snapshots carry no creation time).",
+            age,
         );
-        let _ = writeln!(out, "# TYPE ballast_router_snapshot_age_seconds gauge");
-        let _ = writeln!(out, "ballast_router_snapshot_age_seconds {age}");
         out
     }
 }
